@@ -1,0 +1,621 @@
+"""Backup Registry: the HTTP API, auth and settings; `python app.py` serves it with waitress."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+import jsonschema
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from store import (
+    STATUSES,
+    InvalidRunId,
+    RunNotFound,
+    RunQuery,
+    RunStore,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+    format_timestamp,
+    parse_timestamp,
+    to_micros,
+)
+
+__version__ = "1.0.0"
+
+HERE = Path(__file__).resolve().parent
+SCHEMA_PATH = HERE / "schema.json"
+MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# Headers a reverse proxy adds. A loopback peer that sends one is a proxy on this host relaying
+# someone else, so it gets no localhost bypass.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+log = logging.getLogger("backup_registry")
+access_log = logging.getLogger("backup_registry.access")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message is one line for the operator."""
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+# name: (default, parser). Every setting comes from here, then the environment, then flags or
+# the dict the tests pass.
+SETTINGS: dict[str, tuple[object, Callable[[str], object]]] = {}
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be 0 to 65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _flag(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def _token_list(text: str) -> tuple[str, ...]:
+    return tuple(token.strip() for token in str(text).split(",") if token.strip())
+
+
+SETTINGS.update(
+    {
+        "HOST": ("127.0.0.1", str),
+        "PORT": (8080, _port),
+        "STORE_DIR": ("./store", str),
+        "API_TOKENS": ((), _token_list),
+        "AUTH_USER": ("", str),
+        "AUTH_PASS": ("", str),
+        "LOCALHOST_BYPASS": (True, _flag),
+        "THREADS": (8, _positive),
+        "CONNECTION_LIMIT": (100, _positive),
+        "CHANNEL_TIMEOUT": (60, _positive),
+        "TRUSTED_PROXY": ("", str),
+        "WATCH_STORE": (True, _flag),
+    }
+)
+
+
+def load_config(overrides: dict | None = None, environ: dict | None = None) -> dict:
+    """Return the settings: defaults, then the environment, then overrides; raise ConfigError."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    config: dict = {}
+    for name, (default, parse) in SETTINGS.items():
+        if name in overrides:
+            raw, source = overrides[name], "setting"
+        elif name in environ:
+            raw, source = environ[name], "environment variable"
+        else:
+            config[name] = default
+            continue
+        try:
+            config[name] = raw if not isinstance(raw, str) else parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if name in ("API_TOKENS", "AUTH_PASS") else repr(raw)
+            raise ConfigError(f"{source} {name}={shown} is invalid: {exc}") from None
+    for name, value in overrides.items():
+        if name not in SETTINGS:
+            config[name] = value  # extra test settings, such as CLOCK
+    if bool(config["AUTH_USER"]) != bool(config["AUTH_PASS"]):
+        raise ConfigError("AUTH_USER and AUTH_PASS must be set together")
+    if ":" in config["AUTH_USER"]:
+        raise ConfigError("AUTH_USER must not contain ':' (HTTP Basic cannot carry it)")
+    return config
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered as {"error": message} with an HTTP status."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.headers = headers or {}
+
+
+def error_response(message: str, status: int, headers: dict | None = None) -> Response:
+    """Build the one error shape every endpoint uses: {"error": "<what and why>"}."""
+    response = json_response({"error": message}, status)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    """Serialise payload as JSON, keeping the key order runs were stored in."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return Response(body + "\n", status=status, mimetype="application/json")
+
+
+STORE_ERROR_STATUS = {StoreFull: 507, StoreUnavailable: 503, InvalidRunId: 400, RunNotFound: 404}
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(raw: bytes) -> object:
+    """Decode a request body as JSON, whatever its Content-Type; raise ApiError if it is not."""
+    if not raw.strip():
+        raise ApiError("body: empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(f"body: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            f"body: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except ValueError as exc:
+        raise ApiError(f"body: {exc}") from None
+    _check_nesting_and_text(data)
+    return data
+
+
+def _check_nesting_and_text(data: object) -> None:
+    """Refuse deep nesting and unpaired surrogates, which could not be written back as UTF-8."""
+    pending = [(data, 1, "body")]
+    while pending:
+        value, depth, where = pending.pop()
+        if isinstance(value, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            for key, item in value.items():
+                _check_text(key, where)
+                field = key if where == "body" else f"{where}.{key}"
+                pending.append((item, depth + 1, field))
+        elif isinstance(value, list):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            pending.extend((item, depth + 1, where) for item in value)
+        elif isinstance(value, str):
+            _check_text(value, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(f"{where}: contains an unpaired UTF-16 surrogate escape") from None
+
+
+def _is_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True  # the type keyword reports non-strings
+    try:
+        parse_timestamp(value)
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+class RunValidator:
+    """Checks a run report against schema.json, built once, and explains each failure."""
+
+    def __init__(self, schema_path: Path = SCHEMA_PATH):
+        self.schema = json.loads(schema_path.read_text(encoding="utf-8"))
+        jsonschema.Draft202012Validator.check_schema(self.schema)
+        formats = jsonschema.FormatChecker(formats=())
+        formats.checks("date-time")(_is_date_time)
+        self._validator = jsonschema.Draft202012Validator(self.schema, format_checker=formats)
+        self.fields = tuple(self.schema["properties"])
+
+    def clean(self, data: object) -> dict:
+        """Return the report with only known fields, or raise ApiError naming every problem."""
+        if not isinstance(data, dict):
+            raise ApiError("body: must be a JSON object")
+        problems = sorted(
+            (self._explain(error) for error in self._validator.iter_errors(data)),
+            key=lambda text: (self._field_rank(text), text),
+        )
+        if problems:
+            raise ApiError("; ".join(problems))
+        start = parse_timestamp(data["start_time"])
+        end = parse_timestamp(data["end_time"])
+        if end < start:
+            raise ApiError("end_time: must not be before start_time")
+        run = {field: data[field] for field in self.fields if field in data}
+        if isinstance(run.get("bytes_backed_up"), float):
+            run["bytes_backed_up"] = int(
+                run["bytes_backed_up"]
+            )  # JSON Schema counts 5.0 as an integer
+        return run
+
+    def _field_rank(self, text: str) -> int:
+        field = text.split(":", 1)[0]
+        return self.fields.index(field) if field in self.fields else len(self.fields)
+
+    @staticmethod
+    def _explain(error: jsonschema.ValidationError) -> str:
+        field = ".".join(str(part) for part in error.absolute_path) or "body"
+        kind, expected, schema = error.validator, error.validator_value, error.schema
+        if kind == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else "a field"
+            return f"{missing}: is required"
+        if kind == "type":
+            names = expected if isinstance(expected, list) else [expected]
+            wanted = " or ".join("an integer" if n == "integer" else f"a {n}" for n in names)
+            wanted = wanted.replace("a object", "an object").replace("a null", "null")
+            return f"{field}: must be {wanted}"
+        if kind == "enum":
+            return f"{field}: must be one of {', '.join(map(str, expected))}"
+        if kind == "minLength":
+            return f"{field}: must not be empty"
+        if kind == "maxLength":
+            return f"{field}: must be at most {expected} characters"
+        if kind == "minimum":
+            return f"{field}: must be at least {expected}"
+        if kind == "maximum":
+            return f"{field}: must be at most {expected}"
+        if kind == "format":
+            return f"{field}: must be an ISO 8601 date-time, such as 2026-05-12T02:00:00Z"
+        if kind == "pattern":
+            return f"{field}: {schema.get('x-reason', 'has the wrong form')}"
+        return f"{field}: {error.message}"
+
+
+# --- auth ------------------------------------------------------------------------------------
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _matches(candidate: str, secrets: tuple[str, ...]) -> bool:
+    """Compare candidate with every secret in constant time; no early exit leaks which matched."""
+    given = candidate.encode("utf-8", "surrogateescape")
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(given, secret.encode("utf-8"))
+    return found
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
+def authenticate() -> str | None:
+    """Return how the request is authenticated ('bypass', 'token', 'basic') or None."""
+    config = current_app.config
+    if (
+        config["LOCALHOST_BYPASS"]
+        and _is_loopback(request.environ.get("REMOTE_ADDR"))
+        and not any(name in request.headers for name in PROXY_HEADERS)
+    ):
+        return "bypass"
+    tokens = config["API_TOKENS"]
+    header = request.headers.get("Authorization", "")
+    if tokens:
+        scheme, _, value = header.partition(" ")
+        candidates = []
+        if scheme.lower() == "bearer" and value:
+            candidates.append(value)
+        if "X-API-Key" in request.headers:
+            candidates.append(request.headers["X-API-Key"])
+        # A token padded with spaces is not the token: no trimming here.
+        if any(candidate and _matches(candidate, tokens) for candidate in candidates):
+            return "token"
+    if config["AUTH_USER"]:
+        credentials = _basic_credentials(header)
+        if credentials is not None:
+            user_ok = _matches(credentials[0], (config["AUTH_USER"],))
+            pass_ok = _matches(credentials[1], (config["AUTH_PASS"],))
+            if user_ok & pass_ok:
+                return "basic"
+    return None
+
+
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Backup Registry", charset="UTF-8"'}
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the Flask app: settings from defaults, the environment, then test_config."""
+    config = load_config(test_config)
+    app = Flask(__name__)
+    # Run ids may hold '//'; merging slashes would redirect them to another id.
+    app.url_map.merge_slashes = False
+    app.config.update(config)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config.setdefault("CLOCK", lambda: datetime.now(UTC))
+    app.json.sort_keys = False
+    app.extensions["validator"] = RunValidator()
+    app.extensions["store"] = RunStore(config["STORE_DIR"], watch=config["WATCH_STORE"])
+
+    register_hooks(app)
+    register_api(app)
+    return app
+
+
+def get_store() -> RunStore:
+    """Return the run store of the current app."""
+    return current_app.extensions["store"]
+
+
+def now() -> datetime:
+    """Return the current time from the app's clock (tests inject a fixed one)."""
+    return current_app.config["CLOCK"]()
+
+
+def register_hooks(app: Flask) -> None:
+    """Auth before every request, one access-log line after it, and errors as JSON."""
+
+    @app.before_request
+    def check_auth() -> Response | None:
+        g.started = time.perf_counter()
+        g.auth = authenticate()
+        if g.auth is None and request.endpoint not in app.config.get("PUBLIC_ENDPOINTS", ()):
+            return error_response(
+                "authentication required: send a bearer token, X-API-Key or HTTP Basic",
+                401,
+                UNAUTHORIZED_HEADERS,
+            )
+        return None
+
+    @app.after_request
+    def log_access(response: Response) -> Response:
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        # The path is a client string: escape it so it cannot forge log lines.
+        path = request.path.encode("unicode_escape").decode("ascii")
+        access_log.info("%s %s %d %.1fms", request.method, path, response.status_code, elapsed)
+        return response
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Response:
+        return error_response(error.message, error.status, error.headers)
+
+    @app.errorhandler(StoreError)
+    def store_error(error: StoreError) -> Response:
+        status = STORE_ERROR_STATUS.get(type(error), 503)
+        if status >= 500:
+            log.error("store error: %s", error)
+        return error_response(str(error) if status != 404 else "run not found", status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        messages = {
+            404: "not found",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"body: larger than {MAX_BODY_BYTES} bytes",
+        }
+        message = messages.get(error.code or 500, error.description or error.name)
+        response = error_response(message, error.code or 500)
+        if error.code == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response("internal error; see the server log", 500)
+
+
+def register_api(app: Flask) -> None:
+    """The JSON API: runs, health."""
+
+    app.config["PUBLIC_ENDPOINTS"] = ("health",)
+
+    @app.get("/health")
+    def health() -> Response:
+        return json_response(
+            {"status": "healthy", "version": __version__, "timestamp": format_timestamp(now())}
+        )
+
+    @app.post("/v1/backup-runs")
+    def submit_run() -> Response:
+        data = parse_json_body(request.get_data(cache=False))
+        run = current_app.extensions["validator"].clean(data)
+        run["received_at"] = format_timestamp(now())
+        return json_response(get_store().save(run), 201)
+
+    @app.get("/v1/backup-runs")
+    def list_runs() -> Response:
+        query = parse_list_query(request.args)
+        page = get_store().list_runs(query)
+        response = json_response(page.runs)
+        response.headers["X-Total-Count"] = str(page.total)
+        if page.next_after is not None:
+            args = request.args.to_dict()
+            args["cursor"] = encode_cursor(page.next_after)
+            response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
+        return response
+
+    @app.get("/v1/backup-runs/<path:run_id>")
+    def get_run(run_id: str) -> Response:
+        return json_response(get_store().get(run_id))
+
+    @app.delete("/v1/backup-runs/<path:run_id>")
+    def delete_run(run_id: str) -> Response:
+        get_store().delete(run_id)
+        return Response(status=204)
+
+
+def parse_list_query(args) -> RunQuery:
+    """Turn listing query parameters into a RunQuery, or raise ApiError naming the bad one."""
+    query = RunQuery()
+    limit = args.get("limit")
+    if limit is not None:
+        if not limit.isdigit() or int(limit) < 1:
+            raise ApiError("limit: must be a positive whole number")
+        query.limit = min(int(limit), MAX_LIMIT)
+    for name in ("job_name", "agent_id"):
+        value = args.get(name)
+        if value is not None:
+            if not value:
+                raise ApiError(f"{name}: must not be empty")
+            setattr(query, name, value)
+    if "status" in args:
+        statuses = tuple(dict.fromkeys(part.strip() for part in args["status"].split(",")))
+        unknown = [status for status in statuses if status not in STATUSES]
+        if unknown:
+            raise ApiError(f"status: unknown value {unknown[0]!r}; use {', '.join(STATUSES)}")
+        query.statuses = statuses
+    for name in ("since", "until"):
+        if name in args:
+            try:
+                moment = parse_timestamp(args[name], date_only_ok=True)
+            except (ValueError, OverflowError):
+                raise ApiError(f"{name}: must be an ISO 8601 date or date-time") from None
+            setattr(query, f"{name}_us", to_micros(moment))
+    if "encrypted" in args:
+        if args["encrypted"] not in ("true", "false"):
+            raise ApiError("encrypted: must be true or false")
+        query.encrypted = args["encrypted"] == "true"
+    if "q" in args:
+        if not args["q"].strip() or len(args["q"]) > 200:
+            raise ApiError("q: must be 1 to 200 characters")
+        query.text = args["q"]
+    if "cursor" in args:
+        query.after = decode_cursor(args["cursor"])
+    return query
+
+
+def encode_cursor(key: tuple[int, str]) -> str:
+    """Encode a listing position as an opaque, URL-safe cursor."""
+    raw = json.dumps([key[0], key[1]], ensure_ascii=False).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Decode a cursor made by encode_cursor, or raise ApiError."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], int)
+            and not isinstance(value[0], bool)
+            and isinstance(value[1], str)
+        ):
+            return (value[0], value[1])
+    except (ValueError, UnicodeError, binascii.Error):
+        pass
+    raise ApiError("cursor: not a cursor this server gave out; start again without it")
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> dict:
+    """Read command-line flags; each mirrors a setting (--store-dir is STORE_DIR)."""
+    parser = argparse.ArgumentParser(description="Serve the Backup Registry with waitress.")
+    for name in SETTINGS:
+        parser.add_argument("--" + name.lower().replace("_", "-"), dest=name, metavar=name)
+    return {
+        name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the registry under waitress; return a non-zero exit code on bad configuration."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per request comes from our access log; waitress's queue warnings would flood it.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    try:
+        app = create_app(parse_args(sys.argv[1:] if argv is None else argv))
+    except (ConfigError, StoreError) as exc:
+        print(f"backup-registry: {exc}", file=sys.stderr)
+        return 2
+    config = app.config
+    if not config["API_TOKENS"] and not config["AUTH_USER"]:
+        log.warning(
+            "no API_TOKENS or AUTH_USER set: only localhost requests are admitted%s",
+            "" if config["LOCALHOST_BYPASS"] else " (and LOCALHOST_BYPASS=0: none at all)",
+        )
+    store = app.extensions["store"]
+    log.info(
+        "serving %d runs from %s on http://%s:%s (watching: %s)",
+        len(store),
+        store.directory,
+        config["HOST"],
+        config["PORT"],
+        store.watching,
+    )
+    from waitress import serve
+
+    proxy = {}
+    if config["TRUSTED_PROXY"]:
+        proxy = {
+            "trusted_proxy": config["TRUSTED_PROXY"],
+            "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+        }
+    serve(
+        app,
+        host=config["HOST"],
+        port=config["PORT"],
+        threads=config["THREADS"],
+        connection_limit=config["CONNECTION_LIMIT"],
+        channel_timeout=config["CHANNEL_TIMEOUT"],
+        # Head-room so the app, not waitress, answers a body just over 1 MiB with a JSON error;
+        # anything far larger waitress cuts off before reading it.
+        max_request_body_size=MAX_BODY_BYTES + 64 * 1024,
+        # Keep proxy headers visible to the app: their presence turns the localhost bypass off.
+        clear_untrusted_proxy_headers=False,
+        ident="backup-registry",
+        **proxy,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
