@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jsonschema
 from flask import Flask, Response, current_app, g, request
@@ -358,6 +358,23 @@ def authenticate() -> str | None:
     return None
 
 
+def is_cross_site_write() -> bool:
+    """Tell whether a browser is sending a state-changing request from another site.
+
+    The localhost bypass and a browser's cached Basic credentials would otherwise let any web
+    page the operator visits post or delete runs. Scripts (curl, agents) send no Origin.
+    """
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    parts = urlsplit(origin)
+    return origin == "null" or parts.netloc.lower() != request.host.lower()
+
+
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Backup Registry", charset="UTF-8"'}
 
 
@@ -398,6 +415,8 @@ def register_hooks(app: Flask) -> None:
     @app.before_request
     def check_auth() -> Response | None:
         g.started = time.perf_counter()
+        if is_cross_site_write():
+            return error_response("cross-site request refused: the Origin is not this server", 403)
         g.auth = authenticate()
         if g.auth is None and request.endpoint not in app.config.get("PUBLIC_ENDPOINTS", ()):
             return error_response(
