@@ -486,7 +486,7 @@ def register_api(app: Flask) -> None:
     def list_runs() -> Response:
         query = parse_list_query(request.args)
         page = get_store().list_runs(query)
-        response = json_response(page.runs)
+        response = Response(page.json_bytes(), mimetype="application/json")
         response.headers["X-Total-Count"] = str(page.total)
         if page.next_after is not None:
             args = request.args.to_dict()
@@ -496,7 +496,7 @@ def register_api(app: Flask) -> None:
 
     @app.get("/v1/backup-runs/<path:run_id>")
     def get_run(run_id: str) -> Response:
-        return json_response(get_store().get(run_id))
+        return Response(get_store().get_raw(run_id), mimetype="application/json")
 
     @app.delete("/v1/backup-runs/<path:run_id>")
     def delete_run(run_id: str) -> Response:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ TEMP_SUFFIX = ".tmp"
 # writer that is still at work (another process on the same folder), so it is left alone.
 STALE_TEMP_SECONDS = 600
 MAX_FILE_NAME_BYTES = 255
+RAW_CACHE_ENTRIES = 10_000  # JSON of the runs listed or saved most recently; a few MB
 FILE_MODE = 0o644  # the umask still applies, so an operator can narrow it
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
@@ -228,9 +230,18 @@ class RunQuery:
 class RunPage:
     """One page of a listing: the runs, how many match in all, and the cursor for the next."""
 
-    runs: list[dict]
+    raw_runs: list[bytes]  # each run's JSON exactly as its file holds it
     total: int
     next_after: tuple[int, str] | None
+
+    @property
+    def runs(self) -> list[dict]:
+        """The page's runs, parsed."""
+        return [json.loads(raw) for raw in self.raw_runs]
+
+    def json_bytes(self) -> bytes:
+        """The page as a JSON array, built from the files' bytes without re-encoding them."""
+        return b"[" + b",".join(self.raw_runs) + b"]"
 
 
 def _file_signature(st: os.stat_result) -> tuple:
@@ -242,8 +253,10 @@ class RunStore:
 
     def __init__(self, directory: str | os.PathLike, *, watch: bool = True):
         self.directory = Path(directory)
+        self._path = str(self.directory)  # os.path on str is cheaper than pathlib in hot loops
         self._lock = threading.RLock()
         self._runs: dict[str, RunSummary] = {}
+        self._raw_cache: OrderedDict[str, tuple[tuple, bytes]] = OrderedDict()
         self._order = SortedList()
         # Posting lists: field -> value -> SortedList of keys, for fast filtered listings.
         self._postings: dict[str, dict] = {"job_name": {}, "agent_id": {}, "status": {}, "enc": {}}
@@ -258,7 +271,7 @@ class RunStore:
         # Watch before the first scan, so that nothing changed during the scan is missed.
         if watch:
             self._watcher = _Watcher(self)
-        self.rescan()
+        self._load_all()
         if self._watcher is not None:
             self._watcher.start()
 
@@ -321,7 +334,8 @@ class RunStore:
         run_id = run["run_id"]
         name = file_name_for(run_id)
         summary = RunSummary(run, run_id, None)  # checks the fields the index needs first
-        data = (json.dumps(run, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        # One line per file: `grep failure store/*.json` then shows whole records.
+        data = (json.dumps(run, ensure_ascii=False) + "\n").encode("utf-8")
         final = self.directory / name
         temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
@@ -339,6 +353,7 @@ class RunStore:
                 os.replace(temp, final)
                 summary.signature = _file_signature(os.stat(final))
                 self._put(summary)
+                self._cache_raw(run_id, summary.signature, data.rstrip())
         except OSError as exc:
             _unlink_quietly(temp)
             raise _store_error(exc, "write") from exc
@@ -371,36 +386,74 @@ class RunStore:
 
     def get(self, run_id: str) -> dict:
         """Return the stored run, read from its file; raise RunNotFound if there is none."""
-        path = self.directory / file_name_for(run_id)
+        return json.loads(self.get_raw(run_id))
+
+    def get_raw(self, run_id: str) -> bytes:
+        """Return the stored run's JSON exactly as its file holds it, read from disk now."""
+        return self._read_raw(run_id, file_name_for(run_id))[1]
+
+    def _read_raw(self, run_id: str, name: str) -> tuple[tuple, bytes]:
+        """Read a run file and check it holds that run; return (signature, JSON bytes)."""
         try:
-            raw = path.read_bytes()
+            fd = os.open(os.path.join(self._path, name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise RunNotFound(run_id) from None
         except OSError as exc:
             raise _store_error(exc, "read") from exc
         try:
+            st = os.fstat(fd)
+            raw = os.read(fd, st.st_size + 1)
+        except OSError as exc:
+            raise _store_error(exc, "read") from exc
+        finally:
+            os.close(fd)
+        try:
             run = json.loads(raw)
         except ValueError:
-            log.warning("skipping %s: not valid JSON", path.name)
-            raise RunNotFound(run_id) from None
+            run = None
         if not isinstance(run, dict) or run.get("run_id") != run_id:
-            log.warning("skipping %s: does not hold run %r", path.name, run_id)
+            self._warn_once(name, _file_signature(st), "skipped, not a valid run")
             raise RunNotFound(run_id)
-        return run
+        return _file_signature(st), raw.rstrip()
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
         with self._lock:
             keys, total = self._select(query)
             summaries = [self._runs[key[1]] for key in keys[: query.limit]]
-        runs = []
+        raws = []
         for summary in summaries:
-            try:
-                runs.append(self.get(summary.run_id))
-            except RunNotFound:
-                continue  # deleted between the index look-up and the read
+            raw = self._cached_raw(summary)
+            if raw is not None:
+                raws.append(raw)
         next_after = summaries[-1].key if len(keys) > query.limit else None
-        return RunPage(runs, total, next_after)
+        return RunPage(raws, total, next_after)
+
+    def _cached_raw(self, summary: RunSummary) -> bytes | None:
+        """Return a run's JSON bytes, from the cache when its file's signature is unchanged.
+
+        Listings serve the newest runs again and again; re-reading and re-parsing a hundred
+        files per page would cost more than the whole rest of the request.
+        """
+        cached = self._raw_cache.get(summary.run_id)
+        if cached is not None and summary.signature is not None and cached[0] == summary.signature:
+            with self._lock:
+                if summary.run_id in self._raw_cache:
+                    self._raw_cache.move_to_end(summary.run_id)
+            return cached[1]
+        try:
+            signature, raw = self._read_raw(summary.run_id, file_name_for(summary.run_id))
+        except RunNotFound:
+            return None  # deleted or broken since the index look-up
+        self._cache_raw(summary.run_id, signature, raw)
+        return raw
+
+    def _cache_raw(self, run_id: str, signature: tuple, raw: bytes) -> None:
+        with self._lock:
+            self._raw_cache[run_id] = (signature, raw)
+            self._raw_cache.move_to_end(run_id)
+            while len(self._raw_cache) > RAW_CACHE_ENTRIES:
+                self._raw_cache.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -562,28 +615,58 @@ class RunStore:
             yield "enc", summary.encrypted
 
     def rescan(self) -> None:
-        """Bring the index in line with the folder, re-reading only files whose stat changed.
-
-        A file changed twice within the file system's timestamp resolution, keeping its size,
-        would keep its signature ("racy" stat). So a file modified less than RACY_SECONDS before
-        the scan is indexed without a signature, and is read again by the next scan.
-        """
+        """Bring the index in line with the folder, re-reading only files whose stat changed."""
         scan_started = time.time_ns()
         seen: set[str] = set()
-        try:
-            entries = list(os.scandir(self.directory))
-        except OSError as exc:
-            raise _store_error(exc, "scan") from exc
-        for entry in entries:
-            run_id = self._run_id_of(entry.name)
-            if run_id is None:
-                continue
+        for name, run_id in self._run_files():
             seen.add(run_id)
-            self.refresh(entry.name, run_id, scan_started_ns=scan_started)
+            self.refresh(name, run_id, scan_started_ns=scan_started)
         with self._lock:
             for gone in [run_id for run_id in self._runs if run_id not in seen]:
-                if not (self.directory / file_name_for(gone)).exists():
+                if not os.path.exists(os.path.join(self._path, file_name_for(gone))):
                     self._remove(gone)
+
+    def _load_all(self) -> None:
+        """Build the index from nothing: read each run file once, then sort each list once.
+
+        Adding a million keys one by one to sorted lists costs several times more than sorting
+        them in one go, and cold start is the one time every file is read.
+        """
+        scan_started = time.time_ns()
+        summaries = []
+        for name, run_id in self._run_files():
+            summary = self._read_summary(name, run_id)
+            if summary is not None:
+                self._forget_if_racy(summary, scan_started)
+                summaries.append(summary)
+        postings: dict[str, dict] = {field: {} for field in self._postings}
+        jobs: dict[tuple[str, str], dict[str, RunSummary]] = {}
+        for summary in summaries:
+            for field, value in self._posting_values(summary):
+                postings[field].setdefault(value, []).append(summary.key)
+            jobs.setdefault(summary.job, {})[summary.run_id] = summary
+        with self._lock:
+            self._runs = {summary.run_id: summary for summary in summaries}
+            self._order = SortedList(summary.key for summary in summaries)
+            self._postings = {
+                field: {value: SortedList(keys) for value, keys in by_value.items()}
+                for field, by_value in postings.items()
+            }
+            self._jobs = jobs
+            for job in jobs:
+                self._touch(job)
+
+    def _run_files(self) -> Iterator[tuple[str, str]]:
+        """Yield (file name, run id) for every run file in the folder, skipping all else."""
+        try:
+            with os.scandir(self._path) as entries:
+                names = [entry.name for entry in entries]
+        except OSError as exc:
+            raise _store_error(exc, "scan") from exc
+        for name in names:
+            run_id = self._run_id_of(name)
+            if run_id is not None:
+                yield name, run_id
 
     def _run_id_of(self, name: str) -> str | None:
         if name.startswith(".") or not name.endswith(FILE_SUFFIX):
@@ -593,6 +676,44 @@ class RunStore:
             self._warn_once(name, None, "file name is not one this store writes; ignored")
         return run_id
 
+    def _read_summary(self, name: str, run_id: str) -> RunSummary | None:
+        """Read one run file into a summary; warn once and return None if it is not a run."""
+        path = os.path.join(self._path, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # removed while we looked; its delete event or the next scan drops it
+        except OSError as exc:
+            log.warning("cannot read %s: %s", name, exc.strerror)
+            return None
+        try:
+            st = os.fstat(fd)
+            signature = _file_signature(st)
+            raw = os.read(fd, st.st_size + 1)
+            run = json.loads(raw)
+            if not isinstance(run, dict):
+                raise ValueError("not a JSON object")
+            summary = RunSummary(run, run_id, signature)
+        except (ValueError, TypeError, RecursionError) as exc:
+            self._warn_once(name, signature, f"skipped, not a valid run: {exc}")
+            return None
+        except OSError as exc:
+            log.warning("cannot read %s: %s", name, exc.strerror)
+            return None
+        finally:
+            os.close(fd)
+        return summary
+
+    @staticmethod
+    def _forget_if_racy(summary: RunSummary, scan_started_ns: int | None) -> None:
+        """Drop the signature of a file modified just before a scan, so the next scan re-reads it.
+
+        A file changed twice within the file system's timestamp resolution, keeping its size,
+        keeps its stat signature ("racy" stat), so that signature proves nothing yet.
+        """
+        if scan_started_ns is not None and summary.signature[2] >= scan_started_ns - RACY_NS:
+            summary.signature = None
+
     def refresh(
         self, name: str, run_id: str | None = None, scan_started_ns: int | None = None
     ) -> None:
@@ -601,7 +722,7 @@ class RunStore:
             run_id = self._run_id_of(name)
             if run_id is None:
                 return
-        path = self.directory / name
+        path = os.path.join(self._path, name)
         try:
             before = _file_signature(os.stat(path))
         except FileNotFoundError:
@@ -614,36 +735,22 @@ class RunStore:
         current = self._runs.get(run_id)
         if current is not None and current.signature == before:
             return
-        if self._warned.get(name) == before:
+        if name in self._warned and self._warned[name] == before:
             return  # the same broken file we already warned about
-        try:
-            with open(path, "rb") as handle:
-                read_signature = _file_signature(os.fstat(handle.fileno()))
-                raw = handle.read()
-            run = json.loads(raw)
-            if not isinstance(run, dict):
-                raise ValueError("not a JSON object")
-            summary = RunSummary(run, run_id, read_signature)
-        except FileNotFoundError:
-            return  # removed while we looked; its delete event or the next scan drops it
-        except (ValueError, TypeError, RecursionError) as exc:
-            with self._lock:
-                self._remove(run_id)
-            self._warn_once(name, before, f"skipped, not a valid run: {exc}")
-            return
-        except OSError as exc:
-            log.warning("cannot read %s: %s", name, exc.strerror)
-            return
-        if scan_started_ns is not None and read_signature[2] >= scan_started_ns - RACY_NS:
-            summary.signature = None  # racy: check it again next time
+        summary = self._read_summary(name, run_id)
         with self._lock:
             try:
                 now = _file_signature(os.stat(path))
             except FileNotFoundError:
                 self._remove(run_id)
                 return
-            if now != read_signature:
+            if summary is None:
+                if name in self._warned:
+                    self._remove(run_id)  # a run file turned broken: it is no longer served
+                return
+            if now != summary.signature:
                 return  # changed while we read it; the next event or scan picks it up
+            self._forget_if_racy(summary, scan_started_ns)
             self._warned.pop(name, None)
             self._put(summary)
 
