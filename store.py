@@ -737,6 +737,7 @@ class RunStore:
             return
         if name in self._warned and self._warned[name] == before:
             return  # the same broken file we already warned about
+        read_started = time.time_ns()
         summary = self._read_summary(name, run_id)
         with self._lock:
             try:
@@ -750,7 +751,9 @@ class RunStore:
                 return
             if now != summary.signature:
                 return  # changed while we read it; the next event or scan picks it up
-            self._forget_if_racy(summary, scan_started_ns)
+            # An outside writer may rewrite this file again within the same timestamp tick,
+            # keeping its size: so a signature younger than RACY_NS proves nothing yet.
+            self._forget_if_racy(summary, scan_started_ns or read_started)
             self._warned.pop(name, None)
             self._put(summary)
 
