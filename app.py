@@ -39,6 +39,7 @@ __version__ = "1.0.0"
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_PATH = HERE / "schema.json"
+OPENAPI_PATH = HERE / "openapi.json"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
 DEFAULT_LIMIT = 100
@@ -467,13 +468,27 @@ def register_hooks(app: Flask) -> None:
 def register_api(app: Flask) -> None:
     """The JSON API: runs, health."""
 
-    app.config["PUBLIC_ENDPOINTS"] = ("health",)
+    # The contract is public: it holds no data, and /docs and client generators fetch it.
+    app.config["PUBLIC_ENDPOINTS"] = ("health", "openapi_document", "run_schema")
+    # openapi.json refers to the run schema as "$ref": "schema.json" rather than copying it:
+    # resolved against /openapi.json that is /schema.json, and on disk the file next to it, so
+    # the contract and the validator read one file and cannot drift. Both are read once here.
+    openapi_bytes = OPENAPI_PATH.read_bytes()
+    schema_bytes = SCHEMA_PATH.read_bytes()
 
     @app.get("/health")
     def health() -> Response:
         return json_response(
             {"status": "healthy", "version": __version__, "timestamp": format_timestamp(now())}
         )
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Response:
+        return Response(openapi_bytes, mimetype="application/json")
+
+    @app.get("/schema.json")
+    def run_schema() -> Response:
+        return Response(schema_bytes, mimetype="application/json")
 
     @app.post("/v1/backup-runs")
     def submit_run() -> Response:
