@@ -1,0 +1,157 @@
+"""Listing additions over HTTP: until, several statuses, encrypted, q, cursor paging, totals."""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import UTC, datetime
+
+import pytest
+import requests
+
+from tests.conftest import make_run
+
+LINK_NEXT = re.compile(r'^<([^>]+)>; rel="next"$')
+
+
+class SteppingClock:
+    """A clock that moves one second per reading, so each run gets its own received_at."""
+
+    def __init__(self):
+        self.seconds = 0
+
+    def __call__(self) -> datetime:
+        self.seconds += 1
+        return datetime.fromtimestamp(1_778_554_800 + self.seconds, tz=UTC)
+
+
+@pytest.fixture
+def app_config(app_config):
+    """Received times 2026-05-12T03:00:01Z, :02Z, ... in posting order."""
+    return {**app_config, "CLOCK": SteppingClock()}
+
+
+@pytest.fixture
+def posted(client):
+    """Six runs with varied fields, posted in order r0 (oldest) to r5 (newest)."""
+    runs = [
+        make_run("r0", status="success", encrypted=True),
+        make_run("r1", status="failure", error="Disk FULL on /backup", encrypted=False),
+        make_run("r2", status="partial", agent_id="nas-02", encryption_status="unencrypted"),
+        make_run("r3", status="success", job_name="Mail-Weekly"),
+        make_run("r4", status="failure", error="timeout", encrypted=True),
+        make_run("r5", status="success"),
+    ]
+    for run in runs:
+        assert client.post("/v1/backup-runs", json=run).status_code == 201
+    return runs
+
+
+def ids(response) -> list[str]:
+    """The run ids of a listing response, in order."""
+    assert response.status_code == 200, response.get_json()
+    return [run["run_id"] for run in response.get_json()]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", ["r5", "r4", "r3", "r2", "r1", "r0"]),
+        ("until=2026-05-12T03:00:03Z", ["r1", "r0"]),  # strictly before
+        ("since=2026-05-12T03:00:03Z&until=2026-05-12T03:00:05Z", ["r3", "r2"]),
+        ("status=failure,partial", ["r4", "r2", "r1"]),
+        ("status=failure&status=success", ["r4", "r1"]),  # the first value counts
+        ("encrypted=true", ["r4", "r0"]),
+        ("encrypted=false", ["r2", "r1"]),  # r2: encryption_status says unencrypted
+        ("q=disk full", ["r1"]),  # error, case-insensitive
+        ("q=NAS", ["r2"]),  # agent_id
+        ("q=mail", ["r3"]),  # job_name
+        ("status=failure&encrypted=true&q=TIME", ["r4"]),
+        ("job_name=postgres-daily&status=success&until=2026-05-12T03:00:06Z", ["r0"]),
+    ],
+)
+def test_filters_combine(client, posted, query, expected):
+    response = client.get(f"/v1/backup-runs?{query}")
+    assert ids(response) == expected
+    assert response.headers["X-Total-Count"] == str(len(expected))
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("until=yesterday", "until"),
+        ("status=failure,bogus", "status"),
+        ("status=", "status"),
+        ("encrypted=yes", "encrypted"),
+        ("q=", "q"),
+        (f"q={'x' * 201}", "q"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=WzEsMl0", "cursor"),  # valid base64 of [1,2]: not a position
+        ("limit=0", "limit"),
+    ],
+)
+def test_bad_listing_values_are_400_naming_the_parameter(client, query, field):
+    response = client.get(f"/v1/backup-runs?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(f"{field}:")
+
+
+def test_cursor_pages_cover_every_run_once_with_link_and_total(client, posted):
+    seen, url, pages = [], "/v1/backup-runs?limit=4&status=success,failure", 0
+    while url:
+        response = client.get(url)
+        seen += ids(response)
+        assert response.headers["X-Total-Count"] == "5"
+        link = response.headers.get("Link")
+        url = LINK_NEXT.match(link).group(1) if link else None
+        pages += 1
+    assert seen == ["r5", "r4", "r3", "r1", "r0"]
+    assert pages == 2
+
+
+def test_no_link_when_the_last_page_is_exactly_full(client, posted):
+    response = client.get("/v1/backup-runs?limit=6")
+    assert len(ids(response)) == 6
+    assert "Link" not in response.headers
+
+
+def test_paging_is_stable_while_new_runs_arrive(live_server_factory):
+    """Pages taken while other clients post new runs skip and repeat none of the old runs."""
+    server = live_server_factory()
+    old = {f"old-{n:03d}" for n in range(120)}
+    for run_id in sorted(old):
+        requests.post(server.url + "/v1/backup-runs", json=make_run(run_id), timeout=10)
+    stop = threading.Event()
+    errors = []
+
+    def post_new_runs():
+        with requests.Session() as session:
+            count = 0
+            while not stop.is_set():
+                count += 1
+                answer = session.post(
+                    server.url + "/v1/backup-runs", json=make_run(f"new-{count}"), timeout=10
+                )
+                if answer.status_code != 201:
+                    errors.append(answer.status_code)
+
+    writer = threading.Thread(target=post_new_runs)
+    writer.start()
+    try:
+        seen = []
+        with requests.Session() as session:
+            url = server.url + "/v1/backup-runs?limit=7"
+            while url:
+                response = session.get(url, timeout=10)
+                assert response.status_code == 200
+                seen += [run["run_id"] for run in response.json()]
+                match = LINK_NEXT.match(response.headers.get("Link", ""))
+                url = server.url + match.group(1) if match else None
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors
+    seen_old = [run_id for run_id in seen if run_id.startswith("old-")]
+    assert len(seen_old) == len(set(seen_old)), "a run was repeated"
+    assert set(seen_old) == old, "a run was skipped"
+    assert len(seen) == len(set(seen))
