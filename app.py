@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -625,14 +626,25 @@ def main(argv: list[str] | None = None) -> int:
         config["PORT"],
         store.watching,
     )
-    from waitress import serve
-
     proxy = {}
     if config["TRUSTED_PROXY"]:
         proxy = {
             "trusted_proxy": config["TRUSTED_PROXY"],
             "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
         }
+    # A service manager stops us with SIGTERM: leave through `finally` so the index snapshot
+    # is saved and the next start reads only what changed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        _serve(app, config, proxy)
+    finally:
+        store.close()
+    return 0
+
+
+def _serve(app: Flask, config: dict, proxy: dict) -> None:
+    from waitress import serve
+
     serve(
         app,
         host=config["HOST"],
@@ -648,7 +660,6 @@ def main(argv: list[str] | None = None) -> int:
         ident="backup-registry",
         **proxy,
     )
-    return 0
 
 
 if __name__ == "__main__":

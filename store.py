@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -96,7 +97,9 @@ def run_id_for(file_name: str) -> str | None:
     if file_name.startswith(".") or not file_name.endswith(FILE_SUFFIX):
         return None
     stem = file_name[: -len(FILE_SUFFIX)]
-    run_id = unquote(stem, errors="strict") if "%" in stem else stem
+    if "%" not in stem and _PLAIN_ID.fullmatch(stem):
+        return stem  # the common case, without the round trip below
+    run_id = unquote(stem, errors="strict")
     try:
         canonical = file_name_for(run_id)
     except InvalidRunId:
@@ -206,6 +209,51 @@ class RunSummary:
         """The job this run belongs to: (job_name, agent_id)."""
         return (self.job_name, self.agent_id)
 
+    _SNAPSHOT_FIELDS = (
+        "run_id",
+        "received_us",
+        "job_name",
+        "agent_id",
+        "status",
+        "start_ts",
+        "end_ts",
+        "bytes_backed_up",
+        "encrypted",
+        "encryption_status",
+        "error",
+    )
+
+    def snapshot_row(self) -> list:
+        """Return this summary as a JSON-able row for the index snapshot."""
+        return [*self.signature, *(getattr(self, field) for field in self._SNAPSHOT_FIELDS)]
+
+    @classmethod
+    def from_snapshot_row(cls, row: list) -> RunSummary:
+        """Rebuild a summary from a snapshot row, without reading its file."""
+        summary = cls.__new__(cls)
+        (
+            ino,
+            size,
+            mtime_ns,
+            ctime_ns,
+            summary.run_id,
+            summary.received_us,
+            job_name,
+            agent_id,
+            status,
+            summary.start_ts,
+            summary.end_ts,
+            summary.bytes_backed_up,
+            summary.encrypted,
+            summary.encryption_status,
+            summary.error,
+        ) = row
+        summary.signature = (ino, size, mtime_ns, ctime_ns)
+        summary.job_name, summary.agent_id = _intern(job_name), _intern(agent_id)
+        summary.status = _intern(status)
+        summary.key = (-summary.received_us, summary.run_id)
+        return summary
+
 
 def _intern(text: str) -> str:
     return sys.intern(text)
@@ -265,6 +313,7 @@ class RunStore:
         self._version = 0
         self._warned: dict[str, tuple | None] = {}
         self._dir_syncer = _DirectorySyncer(self.directory)
+        self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
         self._open_directory()
         self.sweep_temp_files()
@@ -296,10 +345,11 @@ class RunStore:
             ) from exc
 
     def close(self) -> None:
-        """Stop following the folder; the store stays readable."""
+        """Stop following the folder and save the index snapshot; the store stays readable."""
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        self.save_snapshot()
 
     @property
     def watching(self) -> str:
@@ -627,18 +677,34 @@ class RunStore:
                     self._remove(gone)
 
     def _load_all(self) -> None:
-        """Build the index from nothing: read each run file once, then sort each list once.
+        """Build the index from nothing, then sort each list once.
 
-        Adding a million keys one by one to sorted lists costs several times more than sorting
-        them in one go, and cold start is the one time every file is read.
+        Files whose stat signature matches the index snapshot are taken from it; every other
+        file is read. Adding a million keys one by one to sorted lists would cost several
+        times more than sorting them in one go.
         """
         scan_started = time.time_ns()
+        snapshot = self._snapshot.load()
         summaries = []
+        self.files_read_at_start = 0
         for name, run_id in self._run_files():
+            remembered = snapshot.get(run_id)
+            if remembered is not None:
+                try:
+                    signature = _file_signature(os.stat(f"{self._path}/{name}"))
+                except OSError:
+                    signature = None
+                if tuple(remembered[:4]) == signature:
+                    summaries.append(RunSummary.from_snapshot_row(remembered))
+                    continue
+            self.files_read_at_start += 1
             summary = self._read_summary(name, run_id)
             if summary is not None:
                 self._forget_if_racy(summary, scan_started)
                 summaries.append(summary)
+        snapshot_is_current = self.files_read_at_start == 0 and len(summaries) == len(snapshot)
+        # Sorted once here, every list built below is born sorted, which SortedList checks fast.
+        summaries.sort(key=attrgetter("key"))
         postings: dict[str, dict] = {field: {} for field in self._postings}
         jobs: dict[tuple[str, str], dict[str, RunSummary]] = {}
         for summary in summaries:
@@ -655,6 +721,18 @@ class RunStore:
             self._jobs = jobs
             for job in jobs:
                 self._touch(job)
+            if snapshot_is_current:
+                self._snapshot.version = self._version  # nothing to write until a change
+
+    def save_snapshot(self) -> bool:
+        """Write the index snapshot if the index changed since the last one; return whether."""
+        with self._lock:
+            if self._version == self._snapshot.version:
+                return False
+            version = self._version
+            summaries = list(self._runs.values())
+        self._snapshot.write(summaries, version)
+        return True
 
     def _run_files(self) -> Iterator[tuple[str, str]]:
         """Yield (file name, run id) for every run file in the folder, skipping all else."""
@@ -765,6 +843,7 @@ class RunStore:
 
 
 RACY_NS = 2_000_000_000
+SNAPSHOT_SECONDS = 300
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -784,6 +863,69 @@ def _store_error(exc: OSError, action: str) -> StoreError:
         errno.ENOENT: "the store folder is missing",
     }.get(exc.errno, exc.strerror or "unexpected OS error")
     return StoreUnavailable(f"cannot {action} run: {reason}")
+
+
+class _IndexSnapshot:
+    """A copy of the index on disk, so a restart reads only the files that changed.
+
+    It lives beside the store, not in it (`.<store>.index-snapshot`), so the store folder stays
+    runs-only for rsync and grep. It is a cache and never the truth: at start each row is used
+    only if its file's stat signature is unchanged, a row younger than RACY_NS when written is
+    ignored, and a missing, foreign or broken snapshot means every file is read, after which a
+    good one is written again.
+    """
+
+    FORMAT = 1
+    CHUNK = 5000  # rows per line: small enough that writing never holds the GIL for long
+
+    def __init__(self, directory: Path):
+        self.path = directory.parent / f".{directory.name}.index-snapshot"
+        self.version = -1  # the index version last written
+
+    def load(self) -> dict[str, list]:
+        """Return run_id -> snapshot row for every trustworthy row, or {} if there are none."""
+        rows: dict[str, list] = {}
+        try:
+            with open(self.path, "rb") as handle:
+                header = json.loads(handle.readline())
+                if header.get("format") != self.FORMAT:
+                    raise ValueError(f"format {header.get('format')!r}")
+                young = header["written_ns"] - RACY_NS
+                for line in handle:
+                    for row in json.loads(line):
+                        self._check(row)
+                        if row[2] < young:
+                            rows[row[4]] = row
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("index snapshot %s unusable (%s); reading every run file", self.path, exc)
+            return {}
+        return rows
+
+    @staticmethod
+    def _check(row: list) -> None:
+        if len(row) != 15 or row[8] not in STATUSES or row[5].__class__ is not int:
+            raise ValueError("malformed row")
+        if not (row[4].__class__ is row[6].__class__ is row[7].__class__ is str):
+            raise ValueError("malformed row")
+
+    def write(self, summaries: list[RunSummary], version: int) -> None:
+        """Write the snapshot atomically; a failure is logged and costs only a slower start."""
+        temp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.tmp")
+        header = {"format": self.FORMAT, "written_ns": time.time_ns(), "runs": len(summaries)}
+        try:
+            with open(temp, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(header) + "\n")
+                for start in range(0, len(summaries), self.CHUNK):
+                    chunk = summaries[start : start + self.CHUNK]
+                    rows = [s.snapshot_row() for s in chunk if s.signature is not None]
+                    handle.write(json.dumps(rows, ensure_ascii=False) + "\n")
+            os.replace(temp, self.path)
+            self.version = version
+        except OSError as exc:
+            _unlink_quietly(temp)
+            log.warning("cannot write index snapshot %s: %s", self.path, exc.strerror)
 
 
 class _DirectorySyncer:
@@ -892,8 +1034,13 @@ class _Watcher:
             self._inotify.close()
 
     def _run(self) -> None:
+        # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
+        next_snapshot = time.monotonic() + 5
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_snapshot:
+                    next_snapshot = time.monotonic() + SNAPSHOT_SECONDS
+                    self._store.save_snapshot()
                 if self._inotify is None:
                     self._stop.wait(self.POLL_SECONDS)
                     self._store.rescan()

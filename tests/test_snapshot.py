@@ -1,0 +1,123 @@
+"""The index snapshot speeds up a restart and is never trusted over the folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from store import RunStore
+from tests.test_index import index_view, run_record
+
+
+def aged_store(folder: Path, count: int = 5) -> RunStore:
+    """A store of `count` runs whose files are an hour old, so their signatures are trusted."""
+    store = RunStore(folder, watch=False)
+    for number in range(count):
+        store.save(run_record(f"r{number}", "db", "success", number, 100 + number))
+    an_hour_ago = time.time() - 3600
+    for path in folder.glob("*.json"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    store.rescan()  # take the aged signatures
+    return store
+
+
+def snapshot_path(folder: Path) -> Path:
+    """Where the snapshot of a store folder lives: beside it, so the folder stays runs-only."""
+    return folder.parent / f".{folder.name}.index-snapshot"
+
+
+def test_restart_reads_no_unchanged_file(store_dir):
+    aged_store(store_dir).close()
+    assert snapshot_path(store_dir).exists()
+    assert sorted(p.name for p in store_dir.iterdir()) == [f"r{n}.json" for n in range(5)]
+    restarted = RunStore(store_dir, watch=False)
+    assert restarted.files_read_at_start == 0
+    assert index_view(restarted) == index_view(RunStore(store_dir, watch=False))
+    assert len(restarted) == 5
+
+
+def test_restart_rereads_what_changed_since_the_snapshot(store_dir):
+    aged_store(store_dir).close()
+    (store_dir / "r1.json").unlink()
+    (store_dir / "r2.json").write_text(json.dumps(run_record("r2", "db", "failure", 2, 999)))
+    (store_dir / "r9.json").write_text(json.dumps(run_record("r9", "new", "partial", 9, 1)))
+    restarted = RunStore(store_dir, watch=False)
+    assert restarted.files_read_at_start == 2  # r2 changed, r9 is new
+    statuses = {s.run_id: s.status for s in restarted.summaries()}
+    assert statuses == {
+        "r0": "success",
+        "r2": "failure",
+        "r3": "success",
+        "r4": "success",
+        "r9": "partial",
+    }
+
+
+def test_rows_written_while_their_file_was_young_are_not_trusted(store_dir):
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("fresh", "db", "success", 1, 5))
+    store.close()  # the file is seconds old: its signature could still hide a same-tick rewrite
+    assert RunStore(store_dir, watch=False).files_read_at_start == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not json at all\n",
+        b'{"format": 99, "written_ns": 0}\n[]\n',
+        b'{"format": 1}\n[]\n',  # no written_ns
+        b'{"format": 1, "written_ns": 99999999999999999999}\n[[1, 2, 3]]\n',  # short row
+        b'{"format": 1, "written_ns": 99999999999999999999}\n[[1,2,3,4,"r0",5,"db","h",'
+        b'"exploded",0,0,null,null,null,null]]\n',  # unknown status
+        b'{"format": 1, "written_ns": 99999999999999999999}\n[[1,2,3,4,"r0"',  # truncated
+    ],
+)
+def test_a_broken_snapshot_is_ignored_and_rewritten(store_dir, content, caplog):
+    original = aged_store(store_dir)
+    expected = index_view(original)
+    original.close()
+    snapshot_path(store_dir).write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        restarted = RunStore(store_dir, watch=False)
+    assert restarted.files_read_at_start == 5
+    assert index_view(restarted) == expected
+    if content:
+        assert "index snapshot" in caplog.text
+    restarted.close()
+    assert RunStore(store_dir, watch=False).files_read_at_start == 0
+
+
+def test_a_snapshot_that_lies_about_an_unchanged_signature_is_caught_by_stat(store_dir):
+    """A snapshot from another copy of the store (other inodes) is a stale one: all re-read."""
+    aged_store(store_dir).close()
+    header, *lines = snapshot_path(store_dir).read_text().splitlines()
+    rows = [row for line in lines for row in json.loads(line)]
+    for row in rows:
+        row[0] += 1  # another inode, as after an rsync to another machine
+        row[8] = "failure"
+    snapshot_path(store_dir).write_text(header + "\n" + json.dumps(rows) + "\n")
+    restarted = RunStore(store_dir, watch=False)
+    assert restarted.files_read_at_start == 5
+    assert {s.status for s in restarted.summaries()} == {"success"}
+
+
+def test_server_saves_the_snapshot_when_stopped_with_sigterm(live_server_factory, store_dir):
+    """A service manager's stop leaves a snapshot, so the next start reads nothing."""
+    import requests
+
+    from tests.conftest import make_run
+
+    server = live_server_factory()
+    for number in range(3):
+        requests.post(server.url + "/v1/backup-runs", json=make_run(f"s{number}"), timeout=10)
+    snapshot_path(store_dir).unlink(missing_ok=True)
+    server.process.terminate()
+    assert server.process.wait(timeout=20) == 0
+    header = snapshot_path(store_dir).read_text().splitlines()[0]
+    assert json.loads(header)["runs"] == 3
