@@ -1,0 +1,373 @@
+"""Disk faults: a full disk, a read-only store, I/O errors on fsync and rename.
+
+Each must answer a JSON 507 or 503 (never a 500 with a traceback), leave the old record and no
+temp file behind, and heal by itself once the fault is gone. As root the full and read-only
+disks are real: a tiny tmpfs, remounted read-only. Elsewhere the same tests inject the errno
+the kernel would give; I/O errors are always injected, as no file system here can make them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import make_run
+
+import store as store_module
+from app import create_app
+
+RUNS = "/v1/backup-runs"
+
+
+def can_mount() -> bool:
+    """Tell whether this process may mount a tmpfs (root, and mount(8) present)."""
+    return (
+        os.geteuid() == 0
+        and subprocess.run(["which", "mount"], capture_output=True).returncode == 0
+    )
+
+
+class Disk:
+    """The store's disk, whose faults are real where a tmpfs can be mounted, injected elsewhere."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, real: bool):
+        self.mount_point = root / "disk"
+        self.mount_point.mkdir()
+        self.store = self.mount_point / "store"
+        self.monkeypatch = monkeypatch
+        self.real = real
+        self.mounted = False
+        self.filler = self.mount_point / "filler"
+        self._injected: dict[str, int] = {}
+        if real:
+            # 1 MiB: room for the store, small enough to fill in a blink.
+            self._mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(self.mount_point))
+            self.mounted = True
+        self._install_injection()
+
+    def _mount(self, *args: str) -> None:
+        subprocess.run(["mount", *args], check=True, capture_output=True)
+
+    # --- faults ---
+
+    def fill(self) -> None:
+        """Make the disk full."""
+        if not self.real:
+            self._injected["write"] = errno.ENOSPC
+            return
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for size in (1 << 16, 1 << 12, 1):  # big chunks, then top up what is left
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * size):
+                        pass
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        """Give the space back."""
+        self._injected.pop("write", None)
+        with contextlib.suppress(FileNotFoundError):
+            self.filler.unlink()
+
+    def make_read_only(self) -> None:
+        """Make the store's file system read-only (chmod would not stop root)."""
+        if self.real:
+            self._mount("-o", "remount,ro", str(self.mount_point))
+        else:
+            self._injected["modify"] = errno.EROFS
+
+    def make_writable(self) -> None:
+        """Undo make_read_only."""
+        if self.real:
+            self._mount("-o", "remount,rw", str(self.mount_point))
+        self._injected.pop("modify", None)
+
+    def fail_fsync(self, on: str, error: int = errno.EIO) -> None:
+        """Make fsync of a file ('file') or of the folder ('folder') fail with an I/O error."""
+        self._injected[f"fsync-{on}"] = error
+
+    def fail_rename(self, error: int = errno.EIO) -> None:
+        """Make the rename of a temp file over a run fail with an I/O error."""
+        self._injected["rename"] = error
+
+    def heal(self) -> None:
+        """Remove every injected fault."""
+        self._injected.clear()
+
+    def cleanup(self) -> None:
+        """Unmount the tmpfs, whatever state the test left it in."""
+        if self.mounted:
+            result = subprocess.run(["umount", str(self.mount_point)], capture_output=True)
+            if result.returncode != 0:  # still busy: detach now, the kernel frees it later
+                subprocess.run(["umount", "-l", str(self.mount_point)], check=True)
+            self.mounted = False
+
+    # --- injection: wraps the os functions the store calls, only for paths in the store ---
+
+    def _inside(self, path) -> bool:
+        try:
+            return Path(os.fspath(path)).resolve().is_relative_to(self.store.resolve())
+        except (TypeError, ValueError):
+            return False
+
+    def _fd_inside(self, fd: int) -> bool:
+        try:
+            return self._inside(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return False
+
+    def _raise(self, kind: str, path: object = None) -> None:
+        code = self._injected.get(kind)
+        if code is not None:
+            raise OSError(code, os.strerror(code), None if path is None else os.fspath(path))
+
+    def _install_injection(self) -> None:
+        real_open, real_write, real_fsync = os.open, os.write, os.fsync
+        real_replace, real_unlink = os.replace, os.unlink
+
+        def open_(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and self._inside(path):
+                self._raise("modify", path)
+            return real_open(path, flags, *args, **kwargs)
+
+        def write(fd, data):
+            if self._fd_inside(fd):
+                self._raise("write")
+            return real_write(fd, data)
+
+        def fsync(fd):
+            if self._fd_inside(fd):
+                is_folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+                self._raise("fsync-folder" if is_folder else "fsync-file")
+            return real_fsync(fd)
+
+        def replace(source, target, *args, **kwargs):
+            if self._inside(target):
+                self._raise("modify", target)
+                self._raise("rename", target)
+            return real_replace(source, target, *args, **kwargs)
+
+        def unlink(path, *args, **kwargs):
+            # Removing our own temp file after a failure must still work, as it would for real.
+            if self._inside(path) and not Path(path).name.startswith(store_module.TEMP_PREFIX):
+                self._raise("modify", path)
+            return real_unlink(path, *args, **kwargs)
+
+        for name, function in (
+            ("open", open_),
+            ("write", write),
+            ("fsync", fsync),
+            ("replace", replace),
+            ("unlink", unlink),
+        ):
+            self.monkeypatch.setattr(store_module.os, name, function)
+
+
+@pytest.fixture(params=["real", "injected"] if can_mount() else ["injected"])
+def disk(request, tmp_path, monkeypatch):
+    """The store's disk; as root, full and read-only disks are tested both real and injected."""
+    device = Disk(tmp_path, monkeypatch, real=request.param == "real")
+    try:
+        yield device
+    finally:
+        monkeypatch.undo()
+        device.cleanup()
+
+
+@pytest.fixture
+def io_disk(tmp_path, monkeypatch):
+    """The store's disk with injected I/O errors only: no file system here can make real ones."""
+    yield Disk(tmp_path, monkeypatch, real=False)
+
+
+@contextlib.contextmanager
+def client_over(disk: Disk):
+    """A Flask test client over a store on disk; its requests come from loopback."""
+    app = create_app({"STORE_DIR": str(disk.store), "API_TOKENS": "", "WATCH_STORE": "0"})
+    try:
+        yield app.test_client()
+    finally:
+        app.extensions["store"].close()
+
+
+@pytest.fixture
+def faulty(disk):
+    """A client over the full or read-only disk."""
+    with client_over(disk) as client:
+        yield client
+
+
+@pytest.fixture
+def io_faulty(io_disk):
+    """A client over the disk with injected I/O errors."""
+    with client_over(io_disk) as client:
+        yield client
+
+
+def temp_files(disk: Disk) -> list[str]:
+    return sorted(name for name in os.listdir(disk.store) if name.startswith("."))
+
+
+def assert_clean_error(response, status: int, caplog) -> None:
+    """A JSON error with the given status, and no traceback in the log."""
+    assert response.status_code == status, response.data
+    assert response.is_json and set(response.json) == {"error"}
+    assert "Traceback" not in response.text and "OSError" not in response.text
+    assert all(record.exc_info is None for record in caplog.records), "a traceback was logged"
+
+
+def stored(client, run_id: str = "run-1"):
+    return client.get(f"{RUNS}/{run_id}").json
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def test_full_disk_answers_507_and_keeps_the_old_record(disk, faulty, caplog):
+    caplog.set_level(logging.INFO)
+    assert faulty.post(RUNS, json=make_run(status="success")).status_code == 201
+    disk.fill()
+
+    response = faulty.post(RUNS, json=make_run(status="failure"))
+
+    assert_clean_error(response, 507, caplog)
+    assert "disk is full" in response.json["error"]
+    assert stored(faulty)["status"] == "success"
+    assert temp_files(disk) == []
+    assert faulty.post(RUNS, json=make_run("run-2")).status_code == 507
+    assert faulty.get(f"{RUNS}/run-2").status_code == 404
+
+    disk.free()
+
+    assert faulty.post(RUNS, json=make_run(status="failure")).status_code == 201
+    assert stored(faulty)["status"] == "failure"
+
+
+def test_reads_still_work_on_a_full_disk(disk, faulty):
+    faulty.post(RUNS, json=make_run())
+    disk.fill()
+
+    assert faulty.get(RUNS).json[0]["run_id"] == "run-1"
+    assert faulty.get(f"{RUNS}/run-1").status_code == 200
+    assert faulty.get("/health").status_code == 200
+
+
+# --- a read-only store -----------------------------------------------------------------------
+
+
+def test_read_only_store_answers_503_and_keeps_every_record(disk, faulty, caplog):
+    caplog.set_level(logging.INFO)
+    assert faulty.post(RUNS, json=make_run()).status_code == 201
+    disk.make_read_only()
+    try:
+        overwrite = faulty.post(RUNS, json=make_run(status="partial"))
+        delete = faulty.delete(f"{RUNS}/run-1")
+        listing = faulty.get(RUNS)
+    finally:
+        disk.make_writable()
+
+    assert_clean_error(overwrite, 503, caplog)
+    assert "read-only" in overwrite.json["error"]
+    assert_clean_error(delete, 503, caplog)
+    assert listing.status_code == 200 and len(listing.json) == 1
+    assert stored(faulty)["status"] == "success"
+    assert temp_files(disk) == []
+    # Writable again: no restart needed.
+    assert faulty.post(RUNS, json=make_run(status="partial")).status_code == 201
+    assert faulty.delete(f"{RUNS}/run-1").status_code == 204
+
+
+# --- I/O errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda disk: disk.fail_fsync("file"), id="fsync-file"),
+        pytest.param(lambda disk: disk.fail_rename(), id="rename"),
+    ],
+)
+def test_io_error_before_the_rename_answers_503_and_keeps_the_old_record(
+    io_disk, io_faulty, caplog, fault
+):
+    caplog.set_level(logging.INFO)
+    io_faulty.post(RUNS, json=make_run(status="success"))
+    fault(io_disk)
+
+    response = io_faulty.post(RUNS, json=make_run(status="failure"))
+
+    assert_clean_error(response, 503, caplog)
+    assert "I/O error" in response.json["error"]
+    assert stored(io_faulty)["status"] == "success"
+    assert io_faulty.get(RUNS).json[0]["status"] == "success"  # the index did not move either
+    assert temp_files(io_disk) == []
+
+    io_disk.heal()
+
+    assert io_faulty.post(RUNS, json=make_run(status="failure")).status_code == 201
+    assert stored(io_faulty)["status"] == "failure"
+
+
+def test_folder_fsync_error_answers_503_and_does_not_stick(io_disk, io_faulty, caplog):
+    """A failed folder fsync fails its write; the next writes succeed without a restart.
+
+    The rename has happened by then, so the new record is in place: the client is told 503 and
+    retries, rewriting the same content.
+    """
+    caplog.set_level(logging.INFO)
+    io_disk.fail_fsync("folder")
+
+    failed = io_faulty.post(RUNS, json=make_run())
+
+    assert_clean_error(failed, 503, caplog)
+    io_disk.heal()
+    for attempt in range(3):
+        assert io_faulty.post(RUNS, json=make_run(f"run-{attempt}")).status_code == 201
+    assert io_faulty.delete(f"{RUNS}/run-0").status_code == 204
+    assert temp_files(io_disk) == []
+
+
+def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_faulty):
+    """Writers that arrive while a failing group fsync runs share the next one, and succeed."""
+    app = io_faulty.application
+    started, release = threading.Event(), threading.Event()
+    real_fsync = store_module.os.fsync
+    failures = []
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and not failures:
+            failures.append(fd)
+            started.set()
+            release.wait(10)  # hold the first folder fsync while others queue behind it
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    io_disk.monkeypatch.setattr(store_module.os, "fsync", fsync)
+    statuses: dict[str, int] = {}
+
+    def post(run_id: str) -> None:
+        with app.test_client() as client:
+            statuses[run_id] = client.post(RUNS, json=make_run(run_id)).status_code
+
+    first = threading.Thread(target=post, args=("first",))
+    first.start()
+    assert started.wait(10)
+    later = [threading.Thread(target=post, args=(f"later-{i}",)) for i in range(6)]
+    for thread in later:
+        thread.start()
+    while app.extensions["store"]._dir_syncer._requested < 7:  # every writer is queued
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in [first, *later]:
+        thread.join(timeout=30)
+
+    assert statuses.pop("first") == 503
+    assert set(statuses.values()) == {201} and len(statuses) == 6
