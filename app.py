@@ -51,6 +51,7 @@ PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 log = logging.getLogger("backup_registry")
 access_log = logging.getLogger("backup_registry.access")
+auth_log = logging.getLogger("backup_registry.auth")
 
 
 class ConfigError(Exception):
@@ -104,6 +105,8 @@ SETTINGS.update(
         "CONNECTION_LIMIT": (100, _positive),
         "CHANNEL_TIMEOUT": (60, _positive),
         "TRUSTED_PROXY": ("", str),
+        # 413 above this. Waitress itself stops reading a little past it (see _serve).
+        "MAX_BODY_BYTES": (MAX_BODY_BYTES, _positive),
         "WATCH_STORE": (True, _flag),
     }
 )
@@ -390,7 +393,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Run ids may hold '//'; merging slashes would redirect them to another id.
     app.url_map.merge_slashes = False
     app.config.update(config)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     app.config.setdefault("CLOCK", lambda: datetime.now(UTC))
     app.json.sort_keys = False
     app.extensions["validator"] = RunValidator()
@@ -421,6 +424,14 @@ def register_hooks(app: Flask) -> None:
             return error_response("cross-site request refused: the Origin is not this server", 403)
         g.auth = authenticate()
         if g.auth is None and request.endpoint not in app.config.get("PUBLIC_ENDPOINTS", ()):
+            # Who was refused, for fail2ban and the like: behind a TRUSTED_PROXY this is the
+            # client's address, not the proxy's. Never the credentials tried.
+            auth_log.warning(
+                "refused %s %s from %s: no valid credentials",
+                request.method,
+                request.path.encode("unicode_escape").decode("ascii"),
+                request.remote_addr,
+            )
             return error_response(
                 "authentication required: send a bearer token, X-API-Key or HTTP Basic",
                 401,
@@ -452,7 +463,7 @@ def register_hooks(app: Flask) -> None:
         messages = {
             404: "not found",
             405: f"method {request.method} not allowed on {request.path}",
-            413: f"body: larger than {MAX_BODY_BYTES} bytes",
+            413: f"body: larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
         }
         message = messages.get(error.code or 500, error.description or error.name)
         response = error_response(message, error.code or 500)
@@ -652,9 +663,12 @@ def _serve(app: Flask, config: dict, proxy: dict) -> None:
         threads=config["THREADS"],
         connection_limit=config["CONNECTION_LIMIT"],
         channel_timeout=config["CHANNEL_TIMEOUT"],
-        # Head-room so the app, not waitress, answers a body just over 1 MiB with a JSON error;
-        # anything far larger waitress cuts off before reading it.
-        max_request_body_size=MAX_BODY_BYTES + 64 * 1024,
+        # Waitress looks for idle channels only every cleanup_interval (30 s by default), so a
+        # short CHANNEL_TIMEOUT would not close slow clients any sooner without this.
+        cleanup_interval=max(1, min(30, config["CHANNEL_TIMEOUT"] // 2)),
+        # Head-room so the app, not waitress, answers a body just over the limit with a JSON
+        # error; anything far larger waitress cuts off before reading it.
+        max_request_body_size=config["MAX_BODY_BYTES"] + 64 * 1024,
         # Keep proxy headers visible to the app: their presence turns the localhost bypass off.
         clear_untrusted_proxy_headers=False,
         ident="backup-registry",

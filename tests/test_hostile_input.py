@@ -1,0 +1,451 @@
+"""Hostile input, as a catalogue: each gets a clear 4xx or is stored safely inside the store.
+
+Nothing may be written or read outside the store folder, no credential may be forged, and the
+server must stay up. Checks that depend on the real socket or on waitress's parser run against
+the real server; the rest go through the Flask client, whose peer address a test can set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from conftest import LiveServer, make_run
+
+import store as store_module
+from app import create_app
+
+RUNS = "/v1/backup-runs"
+TOKEN = "tok-A1-4b9e"
+OTHER_TOKEN = "tok-B2-77c0"
+USER, PASSWORD = "admin", "s3cret-pw"
+
+
+def raw_request(server: LiveServer, data: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """Send bytes as they are to the server; return the status and the body (0 if it hung up)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        received = b""
+        try:
+            sock.sendall(data)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass  # it answered before reading all we sent, then closed
+    if not received:
+        return 0, b""
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def get(path: bytes, *headers: bytes) -> bytes:
+    """A raw GET request with the given header lines, closing the connection after it."""
+    lines = [b"GET " + path + b" HTTP/1.1", b"Host: registry", *headers, b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def files_outside(root: Path, store_dir: Path) -> dict[str, bytes]:
+    """Every file under root but outside the store, with its content (server logs excluded)."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            if store_dir in path.parents or name.startswith("server-"):
+                continue
+            found[str(path)] = path.read_bytes()
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real server for the catalogue: tokens and Basic set, no localhost bypass."""
+    root = tmp_path_factory.mktemp("hostile")
+    # A valid run file one level above the store: no run id may reach it.
+    (root / "secret.json").write_text(json.dumps(make_run("../secret")))
+    (root / "x.json").write_text(json.dumps(make_run("../x")))
+    live = LiveServer(
+        root / "store",
+        {
+            "API_TOKENS": f" {TOKEN} ,, {OTHER_TOKEN} ",
+            "AUTH_USER": USER,
+            "AUTH_PASS": PASSWORD,
+            "LOCALHOST_BYPASS": "0",
+        },
+    )
+    try:
+        yield live.wait_ready()
+    finally:
+        live.stop()
+    log = live.log_path.read_text(errors="replace")
+    assert "Traceback" not in log
+    assert TOKEN not in log and PASSWORD not in log
+
+
+@pytest.fixture
+def authed(server):
+    """A requests session that sends a valid token; checks afterwards that the server is up."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield session
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200
+
+
+def run_url(server: LiveServer, run_id: str) -> str:
+    """The run's URL, every reserved character encoded; dots too, or the client would resolve
+    '..' as a path segment before sending."""
+    return f"{server.url}{RUNS}/{quote(run_id, safe='').replace('.', '%2E')}"
+
+
+@pytest.fixture
+def make_client(store_dir):
+    """Start an in-process app with the given settings; return its test client."""
+    apps = []
+
+    def start(**settings):
+        application = create_app({"STORE_DIR": str(store_dir), "WATCH_STORE": "0", **settings})
+        apps.append(application)
+        return application.test_client()
+
+    yield start
+    for application in apps:
+        application.extensions["store"].close()
+
+
+# --- run ids ---------------------------------------------------------------------------------
+
+# Ids the schema allows: each must be stored as one flat file inside the store, under a name
+# that maps back to it, and be read back and deleted through its URL-encoded form.
+STORABLE_IDS = [
+    "../x",
+    "../../etc/passwd",
+    "..",
+    ".",
+    "./x",
+    "/etc/passwd",
+    "a/../../b",
+    "..\\..\\x",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2fsecret",
+    ".hidden",
+    ".tmp-0123.tmp",
+    "x.json",
+    "CON",
+    "\uff0e\uff0e\uff0fsecret",  # fullwidth full stops and solidus
+    "\u2024\u2024/secret",  # one-dot leaders
+    "..\u2215secret",  # division slash
+    "\u202esecret",  # right-to-left override
+    "a" * 200,
+]
+
+
+@pytest.mark.parametrize("run_id", STORABLE_IDS)
+def test_hostile_run_id_is_stored_flat_inside_the_store(server, authed, run_id, tmp_path):
+    outside_before = files_outside(server.store_dir.parent, server.store_dir)
+    before = set(os.listdir(server.store_dir))
+
+    posted = authed.post(server.url + RUNS, json=make_run(run_id))
+
+    assert posted.status_code == 201, posted.text
+    [name] = set(os.listdir(server.store_dir)) - before
+    assert not name.startswith(".") and "/" not in name and "\\" not in name
+    assert store_module.run_id_for(name) == run_id
+    assert (server.store_dir / name).resolve().parent == server.store_dir.resolve()
+    assert authed.get(run_url(server, run_id)).json()["run_id"] == run_id
+    assert authed.delete(run_url(server, run_id)).status_code == 204
+    assert name not in os.listdir(server.store_dir)
+    assert files_outside(server.store_dir.parent, server.store_dir) == outside_before
+
+
+REJECTED_IDS = [
+    pytest.param("x\x00y", id="nul"),
+    pytest.param("\x00", id="only-nul"),
+    pytest.param("a\nb", id="newline"),
+    pytest.param("a" * 201, id="201-chars"),
+    pytest.param("a" * 100_000, id="100k-chars"),
+    pytest.param("\u20ac" * 100, id="too-long-encoded"),
+    pytest.param("   ", id="blank"),
+    pytest.param("\u3000", id="ideographic-space"),
+    pytest.param(["../x"], id="not-a-string"),
+]
+
+
+@pytest.mark.parametrize("run_id", REJECTED_IDS)
+def test_run_id_that_cannot_be_stored_is_a_clear_400(server, authed, run_id):
+    before = set(os.listdir(server.store_dir))
+
+    response = authed.post(server.url + RUNS, json=make_run(run_id))
+
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("run_id: ")
+    assert set(os.listdir(server.store_dir)) == before
+
+
+# Raw request targets, as an attacker would type them: dot segments, encoded separators,
+# double encoding, NUL and an id far too long. None may reach ../secret.json.
+RAW_PATHS = [
+    b"/v1/backup-runs/../secret",
+    b"/v1/backup-runs/..%2Fsecret",
+    b"/v1/backup-runs/%2E%2E%2Fsecret",
+    b"/v1/backup-runs/%2e%2e/%2e%2e/secret",
+    b"/v1/backup-runs/..%252Fsecret",
+    b"/v1/backup-runs/..%5Csecret",
+    b"/v1/backup-runs/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    b"/v1/backup-runs/%EF%BC%8E%EF%BC%8E%EF%BC%8Fsecret",
+    b"/v1/backup-runs/secret%00",
+    b"/v1/backup-runs/a\x00b",
+    b"/v1/backup-runs/%C0%AE%C0%AE%2Fsecret",  # overlong UTF-8 dots
+    b"/v1/backup-runs/" + b"a" * 100_000,
+]
+
+
+@pytest.mark.parametrize("path", RAW_PATHS, ids=lambda p: p[16:48].decode("latin-1"))
+def test_raw_traversal_in_the_url_never_reaches_outside(server, path):
+    secret = server.store_dir.parent / "secret.json"
+    for method in (b"GET", b"DELETE"):
+        request = get(path, b"X-API-Key: " + TOKEN.encode()).replace(b"GET", method, 1)
+
+        status, body = raw_request(server, request)
+
+        assert status in (204, 400, 404), (method, status, body)
+        assert b"secret" not in body or status == 400
+        assert b"root:" not in body
+    assert secret.exists()
+    assert json.loads(secret.read_text())["run_id"] == "../secret"
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([b"X-Big: " + b"a" * 300_000], id="one-300k-header"),
+        pytest.param([b"X-A: b"] * 40_000, id="40k-headers"),
+        pytest.param([b"Authorization: Bearer " + b"t" * 300_000], id="300k-token"),
+        pytest.param([b"Cookie: " + b"c=1; " * 60_000], id="300k-cookie"),
+    ],
+)
+def test_oversized_headers_get_431_and_the_server_stays_up(server, headers):
+    status, _ = raw_request(server, get(b"/health", *headers))
+
+    assert status == 431
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200
+
+
+def test_oversized_request_line_is_refused(server):
+    status, _ = raw_request(server, get(b"/v1/backup-runs/" + b"a" * 300_000))
+
+    assert 400 <= status < 500
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+def basic(text: bytes | str) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+MALFORMED_BASIC = [
+    pytest.param("Basic", id="no-credentials"),
+    pytest.param("Basic ", id="empty"),
+    pytest.param("Basic !!!not-base64!!!", id="bad-base64"),
+    pytest.param(basic(f"{USER}:{PASSWORD}")[:-2], id="truncated-base64"),
+    pytest.param(basic(f"{USER}:{PASSWORD}")[:12] + "=" + basic("x")[6:], id="padding-inside"),
+    pytest.param(basic(f"{USER}{PASSWORD}"), id="no-colon"),
+    pytest.param(basic(b"\xff\xfe:\xff"), id="not-utf8"),
+    pytest.param(basic(f"{USER}:"), id="no-password"),
+    pytest.param(basic(f":{PASSWORD}"), id="no-user"),
+    pytest.param(basic(f"{USER}:{PASSWORD} "), id="password-padded"),
+    pytest.param(basic(f" {USER}:{PASSWORD}"), id="user-padded"),
+    pytest.param(basic(f"{USER}:{PASSWORD}:{PASSWORD}"), id="extra-colon"),
+    pytest.param(basic(f"{USER.upper()}:{PASSWORD}"), id="user-case"),
+    pytest.param(basic(f"{USER}:{PASSWORD[:-1]}"), id="password-prefix"),
+    pytest.param("Digest " + basic(f"{USER}:{PASSWORD}")[6:], id="other-scheme"),
+    pytest.param(f"Basic {USER}:{PASSWORD}", id="not-encoded"),
+]
+
+
+@pytest.mark.parametrize("authorization", MALFORMED_BASIC)
+def test_malformed_basic_auth_is_401(server, authorization):
+    response = requests.get(server.url + RUNS, headers={"Authorization": authorization}, timeout=5)
+
+    assert response.status_code == 401
+    assert response.json()["error"].startswith("authentication required")
+    assert response.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+BAD_TOKENS = [
+    pytest.param({"Authorization": "Bearer"}, id="bearer-empty"),
+    pytest.param({"Authorization": "Bearer "}, id="bearer-space"),
+    pytest.param({"Authorization": f"Bearer  {TOKEN}"}, id="bearer-inner-padding"),
+    pytest.param({"Authorization": f"Bearer {TOKEN}\u00a0".encode("latin-1")}, id="nbsp"),
+    pytest.param({"Authorization": f"Bearer {TOKEN[:-1]}"}, id="prefix"),
+    pytest.param({"Authorization": f"Bearer {TOKEN}x"}, id="suffix"),
+    pytest.param({"Authorization": f"Bearer {TOKEN.upper()}"}, id="case"),
+    pytest.param({"Authorization": f"Bearer {TOKEN},{OTHER_TOKEN}"}, id="both-joined"),
+    pytest.param({"Authorization": f"Token {TOKEN}"}, id="other-scheme"),
+    pytest.param({"Authorization": TOKEN}, id="no-scheme"),
+    pytest.param({"X-API-Key": ""}, id="api-key-empty"),
+    pytest.param({"X-API-Key": f"{TOKEN} {OTHER_TOKEN}"}, id="api-key-two"),
+    pytest.param({"X-API-Key": f"Bearer {TOKEN}"}, id="api-key-with-scheme"),
+    pytest.param({"Cookie": f"api_key={TOKEN}"}, id="cookie"),
+    pytest.param({"X-Api-Token": TOKEN}, id="other-header"),
+]
+
+
+@pytest.mark.parametrize("headers", BAD_TOKENS)
+def test_bad_or_empty_token_is_401(server, headers):
+    response = requests.get(server.url + RUNS, headers=headers, timeout=5)
+
+    assert response.status_code == 401
+
+
+def test_token_in_the_query_string_is_not_accepted(server):
+    response = requests.get(server.url + RUNS, params={"api_key": TOKEN}, timeout=5)
+
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {TOKEN}"},
+        {"Authorization": f"bearer {OTHER_TOKEN}"},
+        {"X-API-Key": TOKEN},
+        {"Authorization": basic(f"{USER}:{PASSWORD}")},
+    ],
+    ids=["bearer", "bearer-lower-case", "api-key", "basic"],
+)
+def test_valid_credentials_still_work(server, headers):
+    """The control for the 401s above: the same server admits the right credentials."""
+    assert requests.get(server.url + RUNS, headers=headers, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("value", [f" {TOKEN}", f"{TOKEN} ", f"\t{TOKEN}", f" {TOKEN} "])
+def test_token_padded_with_whitespace_is_not_the_token(make_client, value):
+    """The app compares exactly. (On the wire, HTTP strips spaces around a header value before
+    any application sees it, RFC 9110 section 5.5; padding inside the value is tested above.)"""
+    client = make_client(API_TOKENS=TOKEN, LOCALHOST_BYPASS="0")
+
+    assert client.get(RUNS, headers={"X-API-Key": value}).status_code == 401
+    assert client.get(RUNS, headers={"Authorization": f"Bearer {value}"}).status_code == 401
+    assert client.get(RUNS, headers={"X-API-Key": TOKEN}).status_code == 200
+
+
+# --- bypass forgery --------------------------------------------------------------------------
+
+FORGED = [
+    pytest.param({"Host": "localhost"}, id="host-localhost"),
+    pytest.param({"Host": "127.0.0.1:8080"}, id="host-loopback"),
+    pytest.param({"Host": "[::1]"}, id="host-ipv6-loopback"),
+    pytest.param({"X-Forwarded-For": "127.0.0.1"}, id="x-forwarded-for"),
+    pytest.param({"X-Forwarded-For": "203.0.113.9, 127.0.0.1"}, id="x-forwarded-for-chain"),
+    pytest.param({"Forwarded": "for=127.0.0.1"}, id="forwarded"),
+    pytest.param({"Forwarded": 'for="[::1]"'}, id="forwarded-ipv6"),
+    pytest.param({"X-Real-IP": "127.0.0.1"}, id="x-real-ip"),
+    pytest.param({"X-Forwarded-Host": "localhost"}, id="x-forwarded-host"),
+    pytest.param({"X-Client-IP": "127.0.0.1", "True-Client-IP": "127.0.0.1"}, id="client-ip"),
+    pytest.param({"X-Originating-IP": "127.0.0.1", "X-Remote-Addr": "::1"}, id="misc"),
+]
+
+
+@pytest.mark.parametrize("headers", FORGED)
+def test_a_remote_peer_cannot_forge_a_local_one(make_client, headers):
+    """Only the socket's address counts; no header can make a remote peer local."""
+    client = make_client(API_TOKENS=TOKEN)
+    remote = {"REMOTE_ADDR": "203.0.113.7"}
+
+    assert client.get(RUNS, headers=headers, environ_base=remote).status_code == 401
+    assert (
+        client.post(RUNS, json=make_run(), headers=headers, environ_base=remote).status_code == 401
+    )
+    assert client.get(RUNS, environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def bypass_server(tmp_path_factory):
+    """A real server with the localhost bypass on (the default) and a token."""
+    live = LiveServer(tmp_path_factory.mktemp("bypass") / "store", {"API_TOKENS": TOKEN})
+    try:
+        yield live.wait_ready()
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"X-Forwarded-For: 127.0.0.1",
+        b"x-forwarded-for: ::1",
+        b"Forwarded: for=127.0.0.1",
+        b"X-Real-IP: 127.0.0.1",
+    ],
+    ids=["x-forwarded-for", "lower-case", "forwarded", "x-real-ip"],
+)
+def test_loopback_peer_with_a_proxy_header_gets_no_bypass(bypass_server, header):
+    """A proxy on this host relays strangers from loopback; its headers end the bypass."""
+    status, body = raw_request(bypass_server, get(RUNS.encode(), header))
+
+    assert status == 401, body
+    assert raw_request(bypass_server, get(RUNS.encode()))[0] == 200  # the bypass itself
+
+
+def test_forged_host_neither_grants_nor_denies_the_bypass(bypass_server, server):
+    """The Host header plays no part: a forged one changes nothing either way."""
+    for host in (b"Host: localhost", b"Host: evil.example", b"Host: 127.0.0.1"):
+        request = get(RUNS.encode()).replace(b"Host: registry", host)
+        assert raw_request(bypass_server, request)[0] == 200  # loopback socket: bypass
+        assert raw_request(server, request)[0] == 401  # bypass off: Host cannot turn it on
+
+
+# --- slow clients ----------------------------------------------------------------------------
+
+
+def test_slow_clients_do_not_block_others_and_are_timed_out(live_server_factory):
+    server = live_server_factory({"CHANNEL_TIMEOUT": "2", "THREADS": "2"})
+    slow = []
+    try:
+        for index in range(8):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            if index % 2:  # headers never finished
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            else:  # a body that never arrives
+                sock.sendall(
+                    b"POST /v1/backup-runs HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{"
+                )
+            slow.append(sock)
+        started = time.monotonic()
+        assert requests.get(server.url + "/health", timeout=5).status_code == 200
+        assert requests.post(server.url + RUNS, json=make_run(), timeout=5).status_code == 201
+        assert time.monotonic() - started < 3, "the slow clients held up the others"
+        for sock in slow:  # the server hangs up on each once CHANNEL_TIMEOUT has passed
+            assert sock.recv(1024) == b""
+        assert time.monotonic() - started < 15
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_slow_clients_at_the_connection_limit_only_delay_others(live_server_factory):
+    """With every connection slot held by a slow client, a new one waits for the timeout."""
+    server = live_server_factory({"CHANNEL_TIMEOUT": "2", "CONNECTION_LIMIT": "3"})
+    slow = [socket.create_connection(("127.0.0.1", server.port), timeout=20) for _ in range(3)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+        started = time.monotonic()
+
+        response = requests.get(server.url + "/health", timeout=15)
+
+        assert response.status_code == 200
+        assert time.monotonic() - started >= 0.5  # it did wait for a free slot
+    finally:
+        for sock in slow:
+            sock.close()
