@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import jsonschema
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from store import (
     STATUSES,
@@ -251,6 +252,8 @@ class RunValidator:
         """Return the report with only known fields, or raise ApiError naming every problem."""
         if not isinstance(data, dict):
             raise ApiError("body: must be a JSON object")
+        # received_at is the server's to set: a client's value is replaced, never judged.
+        data = {key: value for key, value in data.items() if key != "received_at"}
         problems = sorted(
             (self._explain(error) for error in self._validator.iter_errors(data)),
             key=lambda text: (self._field_rank(text), text),
@@ -386,12 +389,20 @@ UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Backup Registry", char
 # --- the app ---------------------------------------------------------------------------------
 
 
+class RunIdConverter(PathConverter):
+    """Match any run id in a URL, even one that starts with '/', which <path:> refuses."""
+
+    regex = ".+?"
+    part_isolating = False
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the Flask app: settings from defaults, the environment, then test_config."""
     config = load_config(test_config)
     app = Flask(__name__)
     # Run ids may hold '//'; merging slashes would redirect them to another id.
     app.url_map.merge_slashes = False
+    app.url_map.converters["run_id"] = RunIdConverter
     app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     app.config.setdefault("CLOCK", lambda: datetime.now(UTC))
@@ -521,11 +532,11 @@ def register_api(app: Flask) -> None:
             response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
         return response
 
-    @app.get("/v1/backup-runs/<path:run_id>")
+    @app.get("/v1/backup-runs/<run_id:run_id>")
     def get_run(run_id: str) -> Response:
         return Response(get_store().get_raw(run_id), mimetype="application/json")
 
-    @app.delete("/v1/backup-runs/<path:run_id>")
+    @app.delete("/v1/backup-runs/<run_id:run_id>")
     def delete_run(run_id: str) -> Response:
         get_store().delete(run_id)
         return Response(status=204)
@@ -536,7 +547,8 @@ def parse_list_query(args) -> RunQuery:
     query = RunQuery()
     limit = args.get("limit")
     if limit is not None:
-        if not limit.isdigit() or int(limit) < 1:
+        # isdigit() alone admits '²', which int() refuses.
+        if not (limit.isascii() and limit.isdigit()) or int(limit) < 1:
             raise ApiError("limit: must be a positive whole number")
         query.limit = min(int(limit), MAX_LIMIT)
     for name in ("job_name", "agent_id"):

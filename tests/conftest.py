@@ -132,3 +132,28 @@ def live_server_factory(tmp_path: Path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_client(app_config: dict):
+    """Start apps when the test says so, with settings changed; return each one's test client."""
+    apps = []
+
+    def start(**settings):
+        application = create_app({**app_config, **settings})
+        apps.append(application)
+        return application.test_client()
+
+    yield start
+    for application in apps:
+        application.extensions["store"].close()
+
+
+@pytest.fixture
+def local_time_not_utc(monkeypatch):
+    """Make local time UTC-5, so code that read a naive time as local time, not UTC, errs."""
+    monkeypatch.setenv("TZ", "EST5")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

@@ -1,0 +1,258 @@
+"""Auth: API tokens, HTTP Basic, and the localhost bypass, checked in that order."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+from conftest import make_run
+
+RUNS = "/v1/backup-runs"
+REMOTE = {"REMOTE_ADDR": "10.0.0.5"}  # a peer on the network, not loopback
+TOKENS = " tok-alpha-5f1c , ,tok-beta-93ab,, "
+USER, PASSWORD = "admin", "pass-c0ffee-s3cret"
+SECRETS = ["tok-alpha-5f1c", "tok-beta-93ab", PASSWORD]
+
+
+def basic(user: str, password: str) -> dict:
+    """Return an Authorization header for HTTP Basic."""
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {encoded}"}
+
+
+@pytest.fixture
+def app_config(app_config: dict) -> dict:
+    """The test app with tokens and a Basic user configured; no folder watcher needed."""
+    return {
+        **app_config,
+        "API_TOKENS": TOKENS,
+        "AUTH_USER": USER,
+        "AUTH_PASS": PASSWORD,
+        "WATCH_STORE": False,
+    }
+
+
+def assert_401(response) -> None:
+    """Check the answer asks for credentials: 401, a JSON error, and WWW-Authenticate."""
+    assert response.status_code == 401
+    assert list(response.get_json()) == ["error"]
+    assert response.headers["WWW-Authenticate"].startswith("Basic realm=")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Authorization": "Bearer tok-alpha-5f1c"}, id="bearer-first"),
+        pytest.param({"Authorization": "Bearer tok-beta-93ab"}, id="bearer-second"),
+        pytest.param({"Authorization": "bearer tok-beta-93ab"}, id="bearer-lower-case"),
+        pytest.param({"X-API-Key": "tok-alpha-5f1c"}, id="x-api-key"),
+        pytest.param(basic(USER, PASSWORD), id="basic"),
+        pytest.param({"Authorization": "Basic bad", "X-API-Key": "tok-beta-93ab"}, id="key-wins"),
+    ],
+)
+def test_valid_credentials_admit_a_remote_client(client, headers):
+    response = client.get(RUNS, headers=headers, environ_base=REMOTE)
+
+    assert response.status_code == 200
+
+
+def test_credentials_admit_writes_and_deletes(client):
+    headers = {"Authorization": "Bearer tok-alpha-5f1c"}
+
+    posted = client.post(RUNS, json=make_run(), headers=headers, environ_base=REMOTE)
+    deleted = client.delete(f"{RUNS}/run-1", headers=headers, environ_base=REMOTE)
+
+    assert (posted.status_code, deleted.status_code) == (201, 204)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="none"),
+        pytest.param({"Authorization": "Bearer wrong-token"}, id="wrong-token"),
+        pytest.param({"Authorization": "Bearer tok-alpha"}, id="token-prefix"),
+        pytest.param({"Authorization": "Bearer tok-alpha-5f1cX"}, id="token-longer"),
+        pytest.param({"Authorization": "Bearer  tok-alpha-5f1c"}, id="token-padded"),
+        pytest.param({"Authorization": "Bearer "}, id="empty-bearer"),
+        pytest.param({"Authorization": "tok-alpha-5f1c"}, id="no-scheme"),
+        pytest.param({"Authorization": "Token tok-alpha-5f1c"}, id="other-scheme"),
+        pytest.param({"X-API-Key": ""}, id="empty-key"),  # the list's empty entries admit none
+        pytest.param({"X-API-Key": "tok-alpha-5f1c,tok-beta-93ab"}, id="whole-list"),
+        pytest.param(basic(USER, "wrong"), id="wrong-password"),
+        pytest.param(basic("root", PASSWORD), id="wrong-user"),
+        pytest.param(basic(USER, ""), id="empty-password"),
+        pytest.param(basic("tok-alpha-5f1c", "tok-alpha-5f1c"), id="token-as-basic"),
+        pytest.param({"Authorization": "Basic !!!not-base64"}, id="bad-base64"),
+        pytest.param({"Authorization": "Bearer " + PASSWORD}, id="password-as-token"),
+    ],
+)
+def test_missing_or_wrong_credentials_are_401(client, headers):
+    response = client.get(RUNS, headers=headers, environ_base=REMOTE)
+
+    assert_401(response)
+
+
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_every_run_endpoint_needs_credentials(client, method):
+    path = RUNS if method != "delete" else f"{RUNS}/run-1"
+
+    response = getattr(client, method)(path, json=make_run(), environ_base=REMOTE)
+
+    assert_401(response)
+
+
+def test_health_needs_no_credentials(client):
+    response = client.get("/health", environ_base=REMOTE)
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1"])
+def test_loopback_peer_needs_no_credentials(client, peer):
+    response = client.post(RUNS, json=make_run(), environ_base={"REMOTE_ADDR": peer})
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("peer", ["10.0.0.5", "192.168.1.20", "::ffff:10.0.0.5", "fe80::1", ""])
+def test_other_peers_get_no_bypass(client, peer):
+    response = client.get(RUNS, environ_base={"REMOTE_ADDR": peer})
+
+    assert_401(response)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"X-Forwarded-For": "127.0.0.1"},
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"x-forwarded-for": ""},
+    ],
+)
+def test_proxy_headers_turn_the_bypass_off(client, header):
+    refused = client.get(RUNS, headers=header)
+    admitted = client.get(RUNS, headers={**header, "X-API-Key": "tok-beta-93ab"})
+
+    assert_401(refused)
+    assert admitted.status_code == 200
+
+
+def test_host_header_plays_no_part(client):
+    remote_claiming_localhost = client.get(RUNS, headers={"Host": "localhost"}, environ_base=REMOTE)
+    loopback_with_public_host = client.get(RUNS, headers={"Host": "registry.example.com"})
+
+    assert_401(remote_claiming_localhost)
+    assert loopback_with_public_host.status_code == 200
+
+
+@pytest.mark.parametrize("setting", ["0", "false", "no", "off", False])
+def test_localhost_bypass_can_be_turned_off(start_client, setting):
+    client = start_client(LOCALHOST_BYPASS=setting)
+
+    assert_401(client.get(RUNS))
+    assert client.get(RUNS, headers={"X-API-Key": "tok-alpha-5f1c"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer anything"},
+        {"X-API-Key": ""},
+        basic("", ""),
+        basic("admin", ""),
+    ],
+)
+def test_without_configured_credentials_only_the_bypass_admits(start_client, headers):
+    client = start_client(API_TOKENS="", AUTH_USER="", AUTH_PASS="")
+
+    assert_401(client.get(RUNS, headers=headers, environ_base=REMOTE))
+    assert client.get(RUNS, headers=headers).status_code == 200
+
+
+def test_tokens_alone_admit_without_basic_configured(start_client):
+    client = start_client(AUTH_USER="", AUTH_PASS="")
+
+    assert (
+        client.get(RUNS, headers={"X-API-Key": "tok-beta-93ab"}, environ_base=REMOTE).status_code
+        == 200
+    )
+    assert_401(client.get(RUNS, headers=basic("", ""), environ_base=REMOTE))
+
+
+def test_secrets_never_appear_in_responses_or_logs(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    attempts = [
+        {"Authorization": "Bearer tok-alpha-5f1c"},
+        {"X-API-Key": "tok-beta-93ab"},
+        basic(USER, PASSWORD),
+        {"Authorization": "Bearer tok-beta-93abX"},
+        basic(USER, PASSWORD + "X"),
+    ]
+    answers = []
+    for headers in attempts:
+        for method, path in [("get", RUNS), ("post", RUNS), ("get", "/nope"), ("put", RUNS)]:
+            response = getattr(client, method)(
+                path, json=make_run(), headers=headers, environ_base=REMOTE
+            )
+            answers.append(str(response.headers) + response.get_data(as_text=True))
+
+    seen = "\n".join([*answers, caplog.text, *(str(r.args) for r in caplog.records)])
+    for secret in SECRETS:
+        assert secret not in seen
+    assert base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in seen
+
+
+@pytest.mark.parametrize("method", ["post", "delete", "put", "patch"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://localhost.evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
+def test_cross_site_writes_are_403(client, store_dir, method, headers):
+    client.post(RUNS, json=make_run())
+    path = RUNS if method == "post" else f"{RUNS}/run-1"
+
+    response = getattr(client, method)(path, json=make_run(status="failure"), headers=headers)
+
+    assert response.status_code == 403
+    assert list(response.get_json()) == ["error"]
+    assert client.get(f"{RUNS}/run-1").get_json()["status"] == "success"
+
+
+def test_cross_site_refusal_holds_with_valid_credentials(client):
+    headers = {"Origin": "https://evil.example", **basic(USER, PASSWORD)}
+
+    response = client.post(RUNS, json=make_run(), headers=headers, environ_base=REMOTE)
+
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://localhost"},  # the test client's own host
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+        {},
+    ],
+)
+def test_same_site_and_script_writes_are_allowed(client, headers):
+    posted = client.post(RUNS, json=make_run(), headers=headers)
+    deleted = client.delete(f"{RUNS}/run-1", headers=headers)
+
+    assert (posted.status_code, deleted.status_code) == (201, 204)
+
+
+def test_cross_site_reads_are_not_refused(client):
+    response = client.get(RUNS, headers={"Origin": "https://evil.example"})
+
+    assert response.status_code == 200

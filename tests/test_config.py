@@ -1,0 +1,311 @@
+"""Configuration: environment variables and flags, refusing bad settings, and the access log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import ROOT, free_port, make_run
+
+from app import SETTINGS, ConfigError, create_app, load_config, main, parse_args
+
+RUNS = "/v1/backup-runs"
+ISSUE_SETTINGS = [
+    "HOST",
+    "PORT",
+    "STORE_DIR",
+    "API_TOKENS",
+    "AUTH_USER",
+    "AUTH_PASS",
+    "LOCALHOST_BYPASS",
+]
+ACCESS_LINE = re.compile(r"[A-Z]+ /.* \d{3} \d+\.\dms")  # METHOD path status N.Nms
+
+
+@pytest.fixture
+def app_config(app_config: dict) -> dict:
+    """The test app; nothing here needs the folder watched."""
+    return {**app_config, "WATCH_STORE": False}
+
+
+def clean_environ(**settings: str) -> dict:
+    """Return this process's environment without any registry setting, plus the given ones."""
+    environ = {name: value for name, value in os.environ.items() if name not in SETTINGS}
+    return {**environ, **settings}
+
+
+def run_app_py(*args: str, **settings: str) -> subprocess.CompletedProcess:
+    """Run `python app.py` with these flags and settings until it exits (it must, here)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), *args],
+        cwd=ROOT,
+        env=clean_environ(**settings),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_defaults_when_nothing_is_set():
+    config = load_config({}, environ={})
+
+    assert {name: config[name] for name in ISSUE_SETTINGS} == {
+        "HOST": "127.0.0.1",
+        "PORT": 8080,
+        "STORE_DIR": "./store",
+        "API_TOKENS": (),
+        "AUTH_USER": "",
+        "AUTH_PASS": "",
+        "LOCALHOST_BYPASS": True,
+    }
+
+
+def test_environment_variables_are_read():
+    environ = {
+        "HOST": "0.0.0.0",
+        "PORT": "9000",
+        "STORE_DIR": "/srv/registry",
+        "API_TOKENS": "a,b",
+        "AUTH_USER": "admin",
+        "AUTH_PASS": "secret",
+        "LOCALHOST_BYPASS": "0",
+    }
+
+    config = load_config({}, environ=environ)
+
+    assert {name: config[name] for name in ISSUE_SETTINGS} == {
+        **environ,
+        "PORT": 9000,
+        "API_TOKENS": ("a", "b"),
+        "LOCALHOST_BYPASS": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        (" tok-a , ,tok-b ,, ", ("tok-a", "tok-b")),
+        ("tok-a", ("tok-a",)),
+        (" , ,", ()),
+        ("", ()),
+        ("with inner space", ("with inner space",)),
+    ],
+)
+def test_api_tokens_are_trimmed_and_empty_entries_ignored(text, tokens):
+    assert load_config({}, environ={"API_TOKENS": text})["API_TOKENS"] == tokens
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("NO", False),
+        (" off ", False),
+    ],
+)
+def test_localhost_bypass_reads_common_spellings(text, value):
+    assert load_config({}, environ={"LOCALHOST_BYPASS": text})["LOCALHOST_BYPASS"] is value
+
+
+def test_flags_mirror_every_setting():
+    for name in ISSUE_SETTINGS:
+        flag = "--" + name.lower().replace("_", "-")
+        assert parse_args([flag, "value"]) == {name: "value"}
+
+
+def test_flags_override_the_environment():
+    config = load_config(parse_args(["--port", "9001", "--host", "::1"]), environ={"PORT": "9000"})
+
+    assert (config["PORT"], config["HOST"]) == (9001, "::1")
+
+
+@pytest.mark.parametrize(
+    ("environ", "mentions"),
+    [
+        ({"PORT": "abc"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"PORT": "-1"}, "PORT"),
+        ({"PORT": ""}, "PORT"),
+        ({"LOCALHOST_BYPASS": "maybe"}, "LOCALHOST_BYPASS"),
+        ({"AUTH_USER": "admin"}, "AUTH_PASS"),
+        ({"AUTH_PASS": "secret"}, "AUTH_USER"),
+        ({"AUTH_USER": "ad:min", "AUTH_PASS": "secret"}, "AUTH_USER"),
+    ],
+)
+def test_bad_settings_are_refused(environ, mentions):
+    with pytest.raises(ConfigError, match=mentions):
+        load_config({}, environ=environ)
+
+
+# --- refusing to start -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def regular_file(tmp_path: Path) -> Path:
+    """A regular file: no folder can be made under it, even by root."""
+    path = tmp_path / "a-file"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "mentions"),
+    [
+        pytest.param((), {"PORT": "abc"}, "PORT", id="port-abc"),
+        pytest.param((), {"AUTH_PASS": "s3cret-pw"}, "AUTH_USER", id="pass-without-user"),
+        pytest.param(("--store-dir", "{file}/store"), {}, "{file}/store", id="store-under-file"),
+    ],
+)
+def test_bad_configuration_stops_the_start_with_one_clear_line(
+    tmp_path, regular_file, args, settings, mentions
+):
+    settings = {"STORE_DIR": str(tmp_path / "store"), "PORT": str(free_port()), **settings}
+
+    result = run_app_py(*(arg.format(file=regular_file) for arg in args), **settings)
+
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert mentions.format(file=regular_file) in lines[0]
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_configure_the_real_server(tmp_path):
+    port = free_port()
+    store_dir = tmp_path / "flagged-store"
+    flags = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--store-dir": str(store_dir),
+        "--api-tokens": "flag-token",
+        "--localhost-bypass": "0",
+    }
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), *(part for pair in flags.items() for part in pair)],
+        cwd=ROOT,
+        env=clean_environ(PORT="1"),  # the flag wins over the environment
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            assert server.poll() is None, "the server exited"
+            try:
+                requests.get(f"{url}/health", timeout=1).close()
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        with requests.Session() as session:
+            refused = session.get(f"{url}{RUNS}", timeout=5)
+            admitted = session.post(
+                f"{url}{RUNS}", json=make_run(), headers={"X-API-Key": "flag-token"}, timeout=5
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    assert refused.status_code == 401  # --localhost-bypass 0
+    assert admitted.status_code == 201
+    assert (store_dir / "run-1.json").is_file()
+
+
+def test_default_store_folder_is_created_on_first_start(tmp_path, monkeypatch):
+    for name in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    app = create_app({"WATCH_STORE": False})
+    app.extensions["store"].close()
+
+    assert (tmp_path / "store").is_dir()
+
+
+def test_default_store_folder_is_ignored_by_git():
+    result = subprocess.run(
+        ["git", "check-ignore", "--quiet", "store/run-1.json"], cwd=ROOT, check=False
+    )
+
+    assert result.returncode == 0
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+
+def access_lines(caplog) -> list[str]:
+    """Return the access-log lines logged so far."""
+    return [r.getMessage() for r in caplog.records if r.name == "backup_registry.access"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "line"),
+    [
+        ("get", RUNS, {}, f"GET {RUNS} 200"),
+        ("post", RUNS, {"json": make_run()}, f"POST {RUNS} 201"),
+        ("delete", f"{RUNS}/run-1", {}, f"DELETE {RUNS}/run-1 204"),
+        ("get", f"{RUNS}/nope", {}, f"GET {RUNS}/nope 404"),
+        ("put", RUNS, {}, f"PUT {RUNS} 405"),
+        ("post", RUNS, {"data": b"{"}, f"POST {RUNS} 400"),
+        ("get", RUNS, {"environ_base": {"REMOTE_ADDR": "10.0.0.5"}}, f"GET {RUNS} 401"),
+        ("get", "/health", {}, "GET /health 200"),
+    ],
+)
+def test_each_request_gets_one_access_log_line(client, caplog, method, path, kwargs, line):
+    caplog.set_level(logging.INFO)
+
+    getattr(client, method)(path, **kwargs)
+
+    lines = access_lines(caplog)
+    assert len(lines) == 1
+    assert ACCESS_LINE.fullmatch(lines[0]), lines[0]
+    assert lines[0].startswith(line + " ")
+
+
+def test_access_log_leaves_out_the_query_string(client, caplog):
+    caplog.set_level(logging.INFO)
+
+    client.get(f"{RUNS}?limit=5&job_name=secret-job")
+
+    assert access_lines(caplog)[0].startswith(f"GET {RUNS} 200 ")
+
+
+def test_access_log_line_cannot_be_split_by_the_path(client, caplog):
+    caplog.set_level(logging.INFO)
+
+    client.get(f"{RUNS}/a%0AGET%20/forged%20200%201.0ms")
+
+    [line] = access_lines(caplog)
+    assert "\n" not in line
+    assert line.startswith(f"GET {RUNS}/a\\nGET /forged 200 1.0ms 404 ")
+
+
+def test_waitress_queue_warnings_are_quieted(capsys):
+    queue_logger = logging.getLogger("waitress.queue")
+    queue_logger.setLevel(logging.NOTSET)
+    try:
+        exit_code = main(["--port", "not-a-port"])  # stops before serving, after logging set-up
+        quieted = not queue_logger.isEnabledFor(logging.WARNING)
+    finally:
+        queue_logger.setLevel(logging.NOTSET)
+
+    assert exit_code != 0
+    assert quieted
+    assert len(capsys.readouterr().err.splitlines()) == 1

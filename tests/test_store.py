@@ -1,0 +1,347 @@
+"""The flat-file store on a real folder: file names, atomic writes, and the folder as the truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import make_run
+from test_get_delete import ODD_IDS
+
+from store import file_name_for, run_id_for
+
+RUNS = "/v1/backup-runs"
+PLAIN_IDS = ["run-1", "a.b", "A_b-9", "x" * 200, "2026-05-12.postgres_daily", "_", "-"]
+RECEIVED = "2026-05-12T02:05:00.000000Z"
+
+
+def stored_run(run_id: str, **fields) -> dict:
+    """Return a run as the store keeps it: with received_at."""
+    return make_run(run_id, received_at=RECEIVED, **fields)
+
+
+def drop_in(folder: Path, name: str, content: str | dict) -> None:
+    """Write a file into the folder from outside, as cp would; a dict is written as JSON."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+def eventually(check: Callable[[], object], timeout: float = 2.0) -> object:
+    """Return check()'s first true result, polling until the deadline; fail after it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, f"not true within {timeout} s"
+            return result
+        time.sleep(0.01)
+
+
+def listed_ids(client) -> list[str]:
+    """Return the ids the listing shows, newest first."""
+    response = client.get(f"{RUNS}?limit=1000")
+    assert response.status_code == 200
+    return [run["run_id"] for run in response.get_json()]
+
+
+def warnings_about(caplog, name: str) -> list[str]:
+    """Return the store's warnings that mention a file name."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING and name in record.getMessage()
+    ]
+
+
+# --- file names ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_id", PLAIN_IDS)
+def test_plain_id_is_stored_under_its_own_name(run_id):
+    assert file_name_for(run_id) == f"{run_id}.json"
+    assert run_id_for(f"{run_id}.json") == run_id
+
+
+@pytest.mark.parametrize("run_id", ODD_IDS)
+def test_other_ids_get_a_flat_reversible_name(run_id):
+    name = file_name_for(run_id)
+
+    assert name.endswith(".json")
+    assert not name.startswith(".")
+    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert name not in (".json", "..json")
+    assert run_id_for(name) == run_id
+
+
+def test_encoded_names_stay_readable():
+    assert file_name_for("run/2026-05-12:job1") == "run%2F2026-05-12%3Ajob1.json"
+
+
+def test_no_two_ids_share_a_file_name():
+    ids = [
+        *PLAIN_IDS,
+        *ODD_IDS,
+        "a/b",
+        "a%2Fb",
+        "a%2fb",
+        ".x",
+        "%2Ex",
+        "a b",
+        "a%20b",
+        "é",
+        "%C3%A9",
+        "A",
+        "a",
+    ]
+
+    assert len({file_name_for(run_id) for run_id in ids}) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", ["a%2fb.json", "a%41.json", "%2Fx.json.bak", ".x.json", "x.JSON"])
+def test_names_the_store_would_not_write_belong_to_no_run(name):
+    assert run_id_for(name) is None
+
+
+def test_odd_ids_keep_the_folder_flat(start_client, store_dir, tmp_path):
+    client = start_client(WATCH_STORE=False)
+
+    for run_id in ODD_IDS:
+        assert client.post(RUNS, json=make_run(run_id)).status_code == 201
+
+    entries = list(store_dir.iterdir())
+    assert all(entry.is_file() for entry in entries)
+    assert sorted(entry.name for entry in entries) == sorted(map(file_name_for, ODD_IDS))
+    assert [path.name for path in tmp_path.iterdir()] == ["store"]
+
+
+def test_id_too_long_once_encoded_is_400(start_client, store_dir):
+    client = start_client(WATCH_STORE=False)
+
+    response = client.post(RUNS, json=make_run("é" * 100))  # 200 characters, 600 bytes encoded
+
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("run_id: too long once encoded")
+    assert list(store_dir.iterdir()) == []
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def test_writes_leave_no_temp_files(start_client, store_dir):
+    client = start_client(WATCH_STORE=False)
+
+    for number in range(5):
+        client.post(RUNS, json=make_run(f"run-{number}"))
+        client.post(RUNS, json=make_run(f"run-{number}", status="failure"))
+    client.delete(f"{RUNS}/run-0")
+
+    assert sorted(os.listdir(store_dir)) == [f"run-{number}.json" for number in range(1, 5)]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o644), (0o027, 0o640)])
+def test_file_mode_is_0644_under_the_umask(start_client, store_dir, umask, mode):
+    client = start_client(WATCH_STORE=False)
+    previous = os.umask(umask)
+    try:
+        client.post(RUNS, json=make_run())
+    finally:
+        os.umask(previous)
+
+    assert (store_dir / "run-1.json").stat().st_mode & 0o777 == mode
+
+
+def test_16_clients_reposting_one_run_leave_one_whole_record(start_client, store_dir):
+    client = start_client(WATCH_STORE=False)
+    writers = 16
+    barrier = threading.Barrier(writers + 1)
+    statuses: list[int] = []
+    partial_reads: list[str] = []
+
+    def post_as(writer: int) -> None:
+        own_client = client.application.test_client()
+        barrier.wait()
+        for _ in range(3):
+            run = make_run("same", job_name=f"job-{writer}", metadata={"pad": "x" * 50_000})
+            statuses.append(own_client.post(RUNS, json=run).status_code)
+
+    def read_while_they_write() -> None:
+        barrier.wait()
+        while any(thread.is_alive() for thread in threads):
+            try:
+                json.loads((store_dir / "same.json").read_bytes())
+            except FileNotFoundError:
+                pass  # not written yet
+            except ValueError as exc:
+                partial_reads.append(str(exc))
+
+    threads = [threading.Thread(target=post_as, args=(writer,)) for writer in range(writers)]
+    reader = threading.Thread(target=read_while_they_write)
+    for thread in [*threads, reader]:
+        thread.start()
+    for thread in [*threads, reader]:
+        thread.join()
+
+    assert statuses == [201] * writers * 3
+    assert partial_reads == []
+    assert os.listdir(store_dir) == ["same.json"]
+    on_disk = json.loads((store_dir / "same.json").read_text())
+    assert on_disk["job_name"] in {f"job-{writer}" for writer in range(writers)}
+    assert on_disk["metadata"] == {"pad": "x" * 50_000}
+    assert client.get(f"{RUNS}/same").get_json() == on_disk
+    assert client.get(RUNS).get_json() == [on_disk]
+
+
+# --- the folder is the truth -----------------------------------------------------------------
+
+
+def test_what_is_on_disk_is_what_get_returns(start_client, store_dir):
+    client = start_client(WATCH_STORE=False)
+
+    posted = client.post(RUNS, json=make_run("run/1", metadata={"ünï": ["cødé", 1]})).get_json()
+
+    on_disk = json.loads((store_dir / file_name_for("run/1")).read_bytes())
+    assert on_disk == posted
+    assert client.get(f"{RUNS}/{quote('run/1', safe='')}").get_json() == on_disk
+    assert client.get(RUNS).get_json() == [on_disk]
+
+
+def test_runs_already_in_the_folder_are_served_at_start(start_client, store_dir):
+    store_dir.mkdir()
+    drop_in(store_dir, "run-1.json", stored_run("run-1"))
+    drop_in(store_dir, file_name_for("run/2"), stored_run("run/2"))
+
+    client = start_client(WATCH_STORE=False)
+
+    assert sorted(listed_ids(client)) == ["run-1", "run/2"]
+    assert client.get(f"{RUNS}/run-1").get_json() == stored_run("run-1")
+
+
+def test_file_dropped_in_from_outside_is_listed_and_served(start_client, store_dir):
+    client = start_client()
+
+    drop_in(store_dir, "dropped.json", stored_run("dropped", metadata={"from": "rsync"}))
+
+    eventually(lambda: listed_ids(client) == ["dropped"])
+    assert client.get(f"{RUNS}/dropped").get_json() == stored_run(
+        "dropped", metadata={"from": "rsync"}
+    )
+
+
+def test_file_renamed_in_from_an_rsync_temp_file_is_listed(start_client, store_dir):
+    client = start_client()
+
+    drop_in(store_dir, ".synced.json.AbC123", stored_run("synced"))
+    os.replace(store_dir / ".synced.json.AbC123", store_dir / "synced.json")
+
+    eventually(lambda: listed_ids(client) == ["synced"])
+
+
+def test_file_edited_from_outside_is_served_as_edited(start_client, store_dir):
+    client = start_client()
+    client.post(RUNS, json=make_run(status="success"))
+
+    drop_in(store_dir, "run-1.json", stored_run("run-1", status="failure", error="disk full"))
+
+    assert client.get(f"{RUNS}/run-1").get_json()["status"] == "failure"
+    eventually(lambda: client.get(f"{RUNS}?status=failure").get_json() != [])
+    assert client.get(RUNS).get_json() == [stored_run("run-1", status="failure", error="disk full")]
+
+
+def test_file_removed_from_outside_disappears(start_client, store_dir):
+    client = start_client()
+    client.post(RUNS, json=make_run())
+
+    os.remove(store_dir / "run-1.json")
+
+    assert client.get(f"{RUNS}/run-1").status_code == 404
+    eventually(lambda: listed_ids(client) == [])
+
+
+def test_dot_files_are_never_listed(start_client, store_dir):
+    client = start_client()
+
+    for name in [".hidden.json", ".rsynced.json.AbC123", ".tmp-0123abcd.tmp", ".json"]:
+        drop_in(store_dir, name, stored_run(name))
+    # A visible run dropped after them: once it is listed, the dot-files were seen too.
+    drop_in(store_dir, "visible.json", stored_run("visible"))
+
+    eventually(lambda: listed_ids(client) == ["visible"])
+    assert client.get(f"{RUNS}/{quote('.hidden', safe='')}").status_code == 404
+
+
+def test_dot_files_present_at_start_are_not_listed(start_client, store_dir):
+    store_dir.mkdir()
+    drop_in(store_dir, ".old.json", stored_run(".old"))
+    drop_in(store_dir, ".run-1.json.x7Yz9Q", stored_run("run-1"))
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+
+
+def test_broken_file_at_start_is_skipped_with_a_warning(start_client, store_dir, caplog):
+    store_dir.mkdir()
+    drop_in(store_dir, "good.json", stored_run("good"))
+    drop_in(store_dir, "broken.json", '{"run_id": "broken", "job_na')
+    drop_in(store_dir, "array.json", "[1, 2]")
+    drop_in(store_dir, "no-status.json", {**stored_run("no-status"), "status": None})
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == ["good"]
+    for name in ["broken.json", "array.json", "no-status.json"]:
+        assert warnings_about(caplog, name), name
+    assert client.get(f"{RUNS}/broken").status_code == 404
+
+
+def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_dir, caplog):
+    client = start_client()
+    client.post(RUNS, json=make_run("good"))
+
+    drop_in(store_dir, "broken.json", "{not json")
+
+    eventually(lambda: warnings_about(caplog, "broken.json"))
+    assert listed_ids(client) == ["good"]
+
+
+def test_run_file_turned_broken_leaves_the_listing(start_client, store_dir, caplog):
+    client = start_client()
+    client.post(RUNS, json=make_run("good"))
+    client.post(RUNS, json=make_run("spoilt"))
+
+    drop_in(store_dir, "spoilt.json", "\x00\x00 truncated by a crash")
+
+    eventually(lambda: listed_ids(client) == ["good"])
+    assert warnings_about(caplog, "spoilt.json")
+    assert client.get(f"{RUNS}/spoilt").status_code == 404
+
+
+def test_file_holding_another_run_id_is_skipped(start_client, store_dir, caplog):
+    store_dir.mkdir()
+    drop_in(store_dir, "a.json", stored_run("b"))
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+    assert warnings_about(caplog, "a.json")
+    assert client.get(f"{RUNS}/a").status_code == 404
+    assert client.get(f"{RUNS}/b").status_code == 404
+
+
+def test_file_names_the_store_would_not_write_are_ignored(start_client, store_dir):
+    store_dir.mkdir()
+    drop_in(store_dir, "a%2fb.json", stored_run("a/b"))  # lower-case escape: an alias of a%2Fb
+    drop_in(store_dir, "notes.txt", "not a run")
+    (store_dir / "sub.json").mkdir()
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+    assert client.get(f"{RUNS}/{quote('a/b', safe='')}").status_code == 404

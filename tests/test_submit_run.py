@@ -1,0 +1,316 @@
+"""POST /v1/backup-runs: what a backup script may send, and what it gets back."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import pytest
+from conftest import make_run
+
+RUNS = "/v1/backup-runs"
+MIB = 1024 * 1024
+NOW = datetime(2026, 5, 12, 2, 5, 0, 123456, tzinfo=UTC)
+MISSING = object()  # as a field value: leave the field out
+
+
+@pytest.fixture
+def app_config(app_config: dict) -> dict:
+    """The test app, with a clock that always says NOW; nothing here needs the folder watched."""
+    return {**app_config, "CLOCK": lambda: NOW, "WATCH_STORE": False}
+
+
+def post(client, body, **kwargs):
+    """POST body: bytes as they are, anything else as JSON."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(RUNS, data=data, **kwargs)
+
+
+def report(**fields) -> dict:
+    """Return a valid run with fields changed; MISSING removes a field."""
+    run = make_run(**fields)
+    return {name: value for name, value in run.items() if value is not MISSING}
+
+
+def assert_error(response, status: int, mentions: str) -> None:
+    """Check an error answer: its status, and an error text that names the cause."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert list(response.get_json()) == ["error"]
+    assert mentions in response.get_json()["error"]
+
+
+def test_valid_run_is_201_with_the_stored_object(client):
+    response = post(client, make_run())
+
+    assert response.status_code == 201
+    assert response.get_json() == {**make_run(), "received_at": "2026-05-12T02:05:00.123456Z"}
+    assert client.get(f"{RUNS}/run-1").get_json() == response.get_json()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/x-www-form-urlencoded",  # what curl -d sends
+        "text/plain",
+        None,
+    ],
+)
+def test_body_is_read_as_json_whatever_the_content_type(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+
+    response = post(client, make_run(), headers=headers)
+
+    assert response.status_code == 201
+    assert response.get_json()["run_id"] == "run-1"
+
+
+def test_optional_fields_are_stored_as_sent(client):
+    optional = {
+        "bytes_backed_up": 1073741824,
+        "encrypted": True,
+        "encryption_status": "encrypted",
+        "error": None,
+        "backup_url": "https://backups.example/pg/2026-05-12.tar.zst",
+        "metadata": {"compression": "zstd", "tags": ["nightly"], "nested": {"level": 2}},
+    }
+
+    response = post(client, make_run(**optional))
+
+    assert response.status_code == 201
+    stored = client.get(f"{RUNS}/run-1").get_json()
+    assert {name: stored[name] for name in optional} == optional
+
+
+def test_whole_float_byte_count_is_stored_as_integer(client):
+    response = post(client, make_run(bytes_backed_up=5.0))
+
+    assert response.status_code == 201
+    stored = client.get(f"{RUNS}/run-1").get_json()["bytes_backed_up"]
+    assert stored == 5 and type(stored) is int  # "5", not "5.0", on disk
+
+
+def test_unknown_top_level_fields_are_accepted_and_dropped(client):
+    response = post(client, make_run(hostname="db-01", retries=3, status_text="fine"))
+
+    assert response.status_code == 201
+    assert set(response.get_json()) == {*make_run(), "received_at"}
+    assert set(client.get(f"{RUNS}/run-1").get_json()) == {*make_run(), "received_at"}
+
+
+def test_received_at_is_utc_with_microseconds_and_z(client):
+    received_at = post(client, make_run()).get_json()["received_at"]
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", received_at)
+    assert received_at == "2026-05-12T02:05:00.123456Z"
+
+
+@pytest.mark.parametrize("sent", ["2000-01-01T00:00:00Z", "yesterday", 5, None, {"at": 1}])
+def test_received_at_sent_by_the_client_is_replaced(client, sent):
+    response = post(client, make_run(received_at=sent))
+
+    assert response.status_code == 201
+    assert response.get_json()["received_at"] == "2026-05-12T02:05:00.123456Z"
+    assert client.get(f"{RUNS}/run-1").get_json()["received_at"] == "2026-05-12T02:05:00.123456Z"
+
+
+def test_overwrite_keeps_one_file(client, store_dir):
+    post(client, make_run(status="failure", error="disk full"))
+
+    response = post(client, make_run(status="success"))
+
+    assert response.status_code == 201
+    assert client.get(f"{RUNS}/run-1").get_json() == response.get_json()
+    assert "error" not in response.get_json()
+    assert [run["status"] for run in client.get(RUNS).get_json()] == ["success"]
+    assert [path.name for path in store_dir.iterdir()] == ["run-1.json"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("run_id", MISSING),
+        ("run_id", ""),
+        ("run_id", "   "),
+        ("run_id", 42),
+        ("run_id", None),
+        ("run_id", "x" * 201),
+        ("run_id", "line\nbreak"),
+        ("job_name", MISSING),
+        ("job_name", "\t "),
+        ("job_name", ["postgres"]),
+        ("job_name", "j" * 201),
+        ("agent_id", MISSING),
+        ("agent_id", " "),
+        ("agent_id", 7),
+        ("agent_id", "a" * 201),
+        ("start_time", MISSING),
+        ("start_time", "yesterday"),
+        ("start_time", "2026-05-12"),
+        ("start_time", "2026-13-01T00:00:00Z"),
+        ("start_time", 1778551200),
+        ("end_time", MISSING),
+        ("end_time", "12/05/2026 02:04"),
+        ("end_time", None),
+        ("status", MISSING),
+        ("status", "SUCCESS"),
+        ("status", "ok"),
+        ("status", None),
+        ("bytes_backed_up", -1),
+        ("bytes_backed_up", 1.5),
+        ("bytes_backed_up", "1024"),
+        ("bytes_backed_up", True),
+        ("encrypted", "true"),
+        ("encrypted", 1),
+        ("encryption_status", "yes"),
+        ("encryption_status", True),
+        ("error", 500),
+        ("error", ["failed"]),
+        ("backup_url", "ftp://backups.example/x"),
+        ("backup_url", "javascript:alert(1)"),
+        ("backup_url", "backups.example/x"),
+        ("backup_url", "https://"),
+        ("metadata", []),
+        ("metadata", "zstd"),
+        ("metadata", None),
+    ],
+)
+def test_broken_field_rule_is_400_naming_the_field(client, store_dir, field, value):
+    response = post(client, report(**{field: value}))
+
+    assert_error(response, 400, f"{field}:")
+    assert list(store_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["run_id", "job_name", "agent_id"])
+def test_names_may_be_200_characters(client, field):
+    response = post(client, make_run(**{field: "n" * 200}))
+
+    assert response.status_code == 201
+
+
+def test_every_problem_is_named_at_once(client):
+    response = post(client, report(job_name=MISSING, status="ok", bytes_backed_up=-5))
+
+    error = response.get_json()["error"]
+    assert response.status_code == 400
+    assert "job_name:" in error and "status:" in error and "bytes_backed_up:" in error
+
+
+def test_end_before_start_is_400(client):
+    response = post(
+        client, make_run(start_time="2026-05-12T02:00:00Z", end_time="2026-05-12T01:59:59Z")
+    )
+
+    assert_error(response, 400, "end_time:")
+
+
+def test_end_equal_to_start_is_accepted(client):
+    response = post(
+        client, make_run(start_time="2026-05-12T02:00:00Z", end_time="2026-05-12T02:00:00Z")
+    )
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("start_time", "end_time", "status"),
+    [
+        # A naive time means UTC, so it compares with an aware one.
+        ("2026-05-12T02:00:00", "2026-05-12T02:30:00Z", 201),
+        ("2026-05-12T03:00:00", "2026-05-12T02:30:00Z", 400),
+        ("2026-05-12T02:00:00Z", "2026-05-12T02:30:00", 201),
+        ("2026-05-12T02:00:00Z", "2026-05-12T01:30:00", 400),
+        # Offsets are understood: 04:00+02:00 is 02:00Z, before 02:30Z.
+        ("2026-05-12T04:00:00+02:00", "2026-05-12T02:30:00Z", 201),
+        ("2026-05-12T02:00:00Z", "2026-05-12T03:30:00+02:00", 400),
+        ("2026-05-11T23:00:00-05:00", "2026-05-12T04:30:00Z", 201),
+        # Lower-case separators and fractions, as RFC 3339 allows.
+        ("2026-05-12t02:00:00.5z", "2026-05-12T02:00:00.750Z", 201),
+    ],
+)
+def test_times_compare_in_utc(client, local_time_not_utc, start_time, end_time, status):
+    response = post(client, make_run(start_time=start_time, end_time=end_time))
+
+    assert response.status_code == status, response.get_json()
+    if status == 201:
+        # Times are stored as sent; only the comparison normalises them.
+        assert response.get_json()["start_time"] == start_time
+
+
+def deep_metadata(levels: int) -> dict:
+    """Return metadata nested the given number of objects deep."""
+    metadata: dict = {"leaf": True}
+    for _ in range(levels - 1):
+        metadata = {"next": metadata}
+    return metadata
+
+
+def bad_json_encoding(text: str) -> bytes:
+    """Return a valid run whose job_name is text, encoded as Latin-1 rather than UTF-8."""
+    return json.dumps(make_run(job_name=text), ensure_ascii=False).encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        pytest.param(b"", "empty", id="empty"),
+        pytest.param(b" \r\n\t", "empty", id="only-whitespace"),
+        pytest.param(b"run_id=run-1&status=success", "not valid JSON", id="form-fields"),
+        pytest.param(json.dumps(make_run())[:-1].encode(), "not valid JSON", id="truncated"),
+        pytest.param(bad_json_encoding("café"), "UTF-8", id="latin-1"),
+        pytest.param(b"\xff\xfe{\x00}\x00", "UTF-8", id="utf-16"),
+        pytest.param(b"[]", "object", id="array"),
+        pytest.param(b'"run-1"', "object", id="string"),
+        pytest.param(b"42", "object", id="number"),
+        pytest.param(b"null", "object", id="null"),
+        pytest.param(json.dumps(make_run(metadata={"x": float("nan")})).encode(), "NaN", id="nan"),
+        pytest.param(
+            json.dumps(make_run(metadata={"x": float("inf")})).encode(), "Infinity", id="inf"
+        ),
+        pytest.param(
+            json.dumps(make_run(metadata={"x": float("-inf")})).encode(), "Infinity", id="-inf"
+        ),
+        pytest.param(json.dumps(make_run(job_name="\ud800")).encode(), "surrogate", id="surr"),
+        pytest.param(
+            json.dumps(make_run(metadata={"\udc00": 1})).encode(), "surrogate", id="surr-key"
+        ),
+        pytest.param(b"[" * 10000 + b"]" * 10000, "nested", id="10000-arrays"),
+        pytest.param(b'{"a":' * 10000 + b"1" + b"}" * 10000, "nested", id="10000-objects"),
+        pytest.param(
+            json.dumps(make_run(metadata=deep_metadata(100))).encode(), "nested", id="deep-meta"
+        ),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_400(client, store_dir, body, mentions):
+    response = post(client, body)
+
+    assert_error(response, 400, mentions)
+    assert list(store_dir.iterdir()) == []
+
+
+def test_sane_nesting_in_metadata_is_accepted(client):
+    response = post(client, make_run(metadata=deep_metadata(10)))
+
+    assert response.status_code == 201
+    assert response.get_json()["metadata"] == deep_metadata(10)
+
+
+def test_body_over_one_mebibyte_is_413_with_json_error(client, store_dir):
+    body = json.dumps(make_run(metadata={"pad": "x" * MIB})).encode()
+
+    response = post(client, body)
+
+    assert_error(response, 413, "larger than 1048576 bytes")
+    assert list(store_dir.iterdir()) == []
+
+
+def test_body_of_exactly_one_mebibyte_is_accepted(client):
+    body = json.dumps(make_run()).encode()
+    body += b" " * (MIB - len(body))
+
+    response = post(client, body)
+
+    assert response.status_code == 201
