@@ -409,7 +409,7 @@ def test_forged_host_neither_grants_nor_denies_the_bypass(bypass_server, server)
 
 
 def test_slow_clients_do_not_block_others_and_are_timed_out(live_server_factory):
-    server = live_server_factory({"CHANNEL_TIMEOUT": "2", "THREADS": "2"})
+    server = live_server_factory({"CHANNEL_TIMEOUT": "3", "THREADS": "2"})
     slow = []
     try:
         for index in range(8):
@@ -424,7 +424,8 @@ def test_slow_clients_do_not_block_others_and_are_timed_out(live_server_factory)
         started = time.monotonic()
         assert requests.get(server.url + "/health", timeout=5).status_code == 200
         assert requests.post(server.url + RUNS, json=make_run(), timeout=5).status_code == 201
-        assert time.monotonic() - started < 3, "the slow clients held up the others"
+        # Well under CHANNEL_TIMEOUT: the others were served, not merely served after it.
+        assert time.monotonic() - started < 2.5, "the slow clients held up the others"
         for sock in slow:  # the server hangs up on each once CHANNEL_TIMEOUT has passed
             assert sock.recv(1024) == b""
         assert time.monotonic() - started < 15
