@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+import jobs
 from store import (
     STATUSES,
     InvalidRunId,
@@ -109,6 +110,7 @@ SETTINGS.update(
         # 413 above this. Waitress itself stops reading a little past it (see _serve).
         "MAX_BODY_BYTES": (MAX_BODY_BYTES, _positive),
         "WATCH_STORE": (True, _flag),
+        "JOBS_FILE": ("", str),
     }
 )
 
@@ -399,6 +401,10 @@ class RunIdConverter(PathConverter):
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the Flask app: settings from defaults, the environment, then test_config."""
     config = load_config(test_config)
+    try:
+        job_overrides = jobs.load_jobs_file(config["JOBS_FILE"], config["STORE_DIR"])
+    except jobs.JobsFileError as exc:
+        raise ConfigError(str(exc)) from None
     app = Flask(__name__)
     # Run ids may hold '//'; merging slashes would redirect them to another id.
     app.url_map.merge_slashes = False
@@ -412,6 +418,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     register_hooks(app)
     register_api(app)
+    jobs.register(app, job_overrides)
     return app
 
 

@@ -1,0 +1,670 @@
+"""Jobs and monitoring: per-job summaries, schedule inference, states, flags and /metrics.
+
+A job is a (job_name, agent_id) pair. Everything here is computed from the store's in-memory
+index: per-job statistics are cached and recomputed only for jobs whose change counter moved,
+so answering costs a pass over the jobs, never a pass over the runs or their files. Only
+`register` touches Flask.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import threading
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jsonschema
+from croniter import croniter
+from flask import Flask, Response, request
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from werkzeug.exceptions import BadRequest
+
+from store import RunNotFound, RunStore, RunSummary, format_timestamp
+
+JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
+
+# Worst first: the order /v1/jobs sorts by. The first five are checked in this order and the
+# first that holds wins; a muted job is "muted" whatever it would otherwise be.
+STATES = ("late", "failing", "degraded", "new", "ok", "muted")
+FLAGS = ("size_drop", "duration_anomaly", "unencrypted")
+INTERVAL_RUNS = 20  # the interval is the median gap between at most this many latest starts
+MIN_INTERVAL_RUNS = 3
+REFERENCE_RUNS = 10  # size and duration are judged against at most this many earlier successes
+MIN_REFERENCE_RUNS = 3
+DURATION_RUNS = 100  # p50 and p95 durations cover at most this many latest runs
+MIN_GRACE_SECONDS = 300.0
+DAY = 86_400.0
+UNENCRYPTED_STATUSES = ("unencrypted", "partial", "failed")
+SUCCESS_VALUE = {"success": 1.0, "partial": 0.5, "failure": 0.0}
+
+
+class JobsFileError(ValueError):
+    """The jobs file is missing, unreadable or invalid; the message is one line."""
+
+
+# --- the jobs file ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobOverride:
+    """One entry of the jobs file: settings for a job, or for a job name on every agent."""
+
+    job_name: str
+    agent_id: str | None = None
+    interval_seconds: float | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    grace_seconds: float | None = None
+    min_bytes: int | None = None
+    require_encryption: bool = False
+    muted: bool = False
+
+
+class Overrides:
+    """The jobs file's entries by job; an entry naming the agent beats one that does not."""
+
+    def __init__(self, entries: Iterable[JobOverride] = ()):
+        self._entries = {(entry.job_name, entry.agent_id): entry for entry in entries}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def for_job(self, job_name: str, agent_id: str) -> JobOverride | None:
+        """Return the entry that applies to this job, or None."""
+        return self._entries.get((job_name, agent_id)) or self._entries.get((job_name, None))
+
+
+def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
+    """Read and check the jobs file named by JOBS_FILE; an empty name means there is none."""
+    if not path:
+        return Overrides()
+    where = f"JOBS_FILE {path}"
+    file = Path(path)
+    if store_dir and Path(store_dir).resolve() in file.resolve().parents:
+        raise JobsFileError(f"{where}: must not be inside STORE_DIR, which holds runs only")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobsFileError(f"{where}: no such file") from None
+    except UnicodeDecodeError:
+        raise JobsFileError(f"{where}: not UTF-8 text") from None
+    except OSError as exc:
+        raise JobsFileError(f"{where}: cannot read it: {exc.strerror}") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise JobsFileError(
+            f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except ValueError as exc:
+        raise JobsFileError(f"{where}: {exc}") from None
+    problems = [_explain(error) for error in _jobs_validator().iter_errors(data)]
+    if not problems:
+        problems = _semantic_problems(data["jobs"])
+    if problems:
+        raise JobsFileError(f"{where}: {'; '.join(sorted(problems))}")
+    fields = JobOverride.__dataclass_fields__
+    return Overrides(
+        JobOverride(**{key: value for key, value in entry.items() if key in fields})
+        for entry in data["jobs"]
+    )
+
+
+def _refuse_constant(name: str) -> None:
+    # Python reads Infinity and NaN, JSON has neither; an infinite interval would never be late.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _jobs_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(JOBS_SCHEMA_PATH.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _location(path: Iterable[object]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "the file"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    where = _location(error.absolute_path)
+    if error.validator == "not":
+        return f"{where}: set interval_seconds or cron, not both"
+    if error.validator == "dependentRequired":
+        return f"{where}: timezone applies to cron only; add cron or drop timezone"
+    if error.validator == "additionalProperties":
+        known = ", ".join(error.schema.get("properties", {}))
+        return f"{where}: {error.message}; known keys are {known}"
+    # Messages quote the offending value; keep the line short and on one line.
+    message = " ".join(error.message.split())
+    return f"{where}: {message[:200]}"
+
+
+def _semantic_problems(entries: list[dict]) -> list[str]:
+    """What the schema cannot say: valid cron and time zone, and no job listed twice."""
+    problems = []
+    seen: dict[tuple[str, str | None], int] = {}
+    for index, entry in enumerate(entries):
+        if "cron" in entry and not croniter.is_valid(entry["cron"]):
+            problems.append(f"jobs[{index}].cron: {entry['cron']!r} is not a cron expression")
+        if "timezone" in entry:
+            try:
+                ZoneInfo(entry["timezone"])
+            except (ZoneInfoNotFoundError, ValueError):
+                problems.append(
+                    f"jobs[{index}].timezone: {entry['timezone']!r} is not a known time zone"
+                )
+        key = (entry["job_name"], entry.get("agent_id"))
+        if key in seen:
+            problems.append(f"jobs[{index}]: repeats jobs[{seen[key]}] for the same job")
+        seen.setdefault(key, index)
+    return problems
+
+
+# --- per-job statistics ----------------------------------------------------------------------
+
+
+def infer_interval(starts: Sequence[float]) -> float | None:
+    """Return the median gap between the latest starts (sorted), or None with too few runs."""
+    window = starts[-INTERVAL_RUNS:]
+    if len(window) < MIN_INTERVAL_RUNS:
+        return None
+    interval = statistics.median(later - earlier for earlier, later in itertools.pairwise(window))
+    # Runs that all report one start time give no schedule; a zero interval would make the job
+    # late minutes after every run.
+    return interval if interval > 0 else None
+
+
+def cron_schedule(expression: str, timezone: str, last_start: float) -> tuple[float, float]:
+    """Return (next expected start, interval) of a cron job whose latest run began at last_start.
+
+    A run is taken to serve the cron slot nearest its start, so a run that began a little
+    early or late still expects the slot after that one, not the one it just ran for.
+    """
+    zone = ZoneInfo(timezone)
+    start = datetime.fromtimestamp(last_start, zone)
+    before = croniter(expression, start + timedelta(seconds=1)).get_prev(datetime)
+    after = croniter(expression, before).get_next(datetime)
+    slot = before if abs(start - before) <= abs(after - start) else after
+    expected = croniter(expression, slot).get_next(datetime)
+    following = croniter(expression, expected).get_next(datetime)
+    return expected.timestamp(), (following - expected).total_seconds()
+
+
+def schedule_of(
+    starts: Sequence[float], override: JobOverride | None
+) -> tuple[str, float | None, float | None, float | None]:
+    """Return (source, interval, next expected start, grace) from sorted starts and the file.
+
+    The source is "cron" or "interval" when the jobs file sets it, else "inferred".
+    """
+    last_start = starts[-1]
+    if override is not None and override.cron is not None:
+        source = "cron"
+        expected, interval = cron_schedule(override.cron, override.timezone, last_start)
+    else:
+        if override is not None and override.interval_seconds is not None:
+            source, interval = "interval", float(override.interval_seconds)
+        else:
+            source, interval = "inferred", infer_interval(starts)
+        expected = None if interval is None else last_start + interval
+    if interval is None:
+        return source, None, None, None
+    if override is not None and override.grace_seconds is not None:
+        return source, interval, expected, float(override.grace_seconds)
+    return source, interval, expected, max(interval / 2, MIN_GRACE_SECONDS)
+
+
+def reference_runs(earlier: list[RunSummary]) -> list[RunSummary]:
+    """Return the runs a latest run is judged against: its last successes that have a size."""
+    reference = []
+    for run in reversed(earlier):
+        if run.status == "success" and run.bytes_backed_up is not None:
+            reference.append(run)
+            if len(reference) == REFERENCE_RUNS:
+                break
+    return reference
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Return a percentile by linear interpolation between closest ranks, or None if empty."""
+    if not sorted_values:
+        return None
+    position = (len(sorted_values) - 1) * fraction
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _twice_median(values: list[int]) -> int:
+    """Twice the median, so that sizes up to 2**63 compare exactly, without floats."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return 2 * ordered[middle]
+    return ordered[middle - 1] + ordered[middle]
+
+
+def run_flags(
+    latest: RunSummary, reference: list[RunSummary], override: JobOverride | None
+) -> list[str]:
+    """Return the flags of a job's latest run, judged against earlier successful runs."""
+    flags = []
+    size = latest.bytes_backed_up
+    enough = len(reference) >= MIN_REFERENCE_RUNS
+    if size is not None:
+        # size < median / 2, in whole numbers
+        below_half = enough and 4 * size < _twice_median([run.bytes_backed_up for run in reference])
+        minimum = override.min_bytes if override is not None else None
+        if below_half or (minimum is not None and size < minimum):
+            flags.append("size_drop")
+    if enough:
+        typical = statistics.median(run.end_ts - run.start_ts for run in reference)
+        duration = latest.end_ts - latest.start_ts
+        # A zero median gives no scale to be a quarter or four times of.
+        if typical > 0 and (duration < typical / 4 or duration > typical * 4):
+            flags.append("duration_anomaly")
+    required = override is not None and override.require_encryption
+    if (
+        latest.encrypted is False
+        or latest.encryption_status in UNENCRYPTED_STATUSES
+        or (required and latest.encrypted is not True)
+    ):
+        flags.append("unencrypted")
+    return flags
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _at(timestamp: float | None) -> str | None:
+    return None if timestamp is None else format_timestamp(datetime.fromtimestamp(timestamp, UTC))
+
+
+def _number(value: float | None) -> float | int | None:
+    """Show whole numbers of seconds or bytes without a '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@dataclass(slots=True)
+class JobSummary:
+    """One job as /v1/jobs shows it; attributes are JSON-ready. Treat it as read only."""
+
+    job_name: str
+    agent_id: str
+    state: str
+    unmuted_state: str
+    success_rate_7d: float | None
+    success_rate_30d: float | None
+    flags: list[str]
+    muted: bool
+    runs: int
+    last_success_at: str | None
+    last_failure_at: str | None
+    duration_p50_seconds: float | int | None
+    duration_p95_seconds: float | int | None
+    last_bytes: int | None
+    median_bytes: float | int | None
+    expected_interval_seconds: float | int | None
+    next_expected_at: str | None
+    grace_seconds: float | int | None
+    schedule: str
+    last_run: dict | None
+
+    def to_dict(self) -> dict:
+        """Return the JSON object /v1/jobs answers for this job."""
+        return {name: getattr(self, name) for name in JobSummary.__dataclass_fields__}
+
+
+STATE_RANK = {state: rank for rank, state in enumerate(STATES)}
+
+
+def _start_order(run: RunSummary) -> tuple:
+    return (run.start_ts, run.received_us, run.run_id)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class JobStats:
+    """What a job's runs say, computed once per change of the job: all but the time-dependent."""
+
+    def __init__(
+        self,
+        job: tuple[str, str],
+        version: int | None,
+        runs: list[RunSummary],
+        override: JobOverride | None,
+        last_run: dict | None,
+    ):
+        runs = sorted(runs, key=_start_order)
+        self.job_name, self.agent_id = job
+        self.version = version
+        self.count = len(runs)
+        self.latest = latest = runs[-1]
+        self.last_run = last_run
+        self.muted = override is not None and override.muted
+        # Compact arrays: at a million runs a list of floats would cost four times the memory.
+        self.starts = array("d", (run.start_ts for run in runs))
+        # successes[i] counts the successes among the first i runs, so a window is two bisects.
+        self.successes = array(
+            "q", itertools.accumulate((run.status == "success" for run in runs), initial=0)
+        )
+        self.last_success = _latest_end(runs, "success")
+        self.last_failure = _latest_end(runs, "failure")
+        durations = sorted(run.end_ts - run.start_ts for run in runs[-DURATION_RUNS:])
+        # Milliseconds are plenty, and spare the reader 293.99999999999994.
+        self.duration_p50 = _rounded(percentile(durations, 0.5))
+        self.duration_p95 = _rounded(percentile(durations, 0.95))
+        reference = reference_runs(runs[:-1])
+        self.median_bytes = (
+            _number(_twice_median([run.bytes_backed_up for run in reference]) / 2)
+            if reference
+            else None
+        )
+        self.flags = run_flags(latest, reference, override)
+        self.schedule, self.interval, self.next_expected, self.grace = schedule_of(
+            self.starts, override
+        )
+        self.head = {"job_name": self.job_name, "agent_id": self.agent_id}
+        # Everything in the JSON that does not depend on the time, formatted once per change.
+        self.rest = {
+            "flags": self.flags,
+            "muted": self.muted,
+            "runs": self.count,
+            "last_success_at": _at(self.last_success),
+            "last_failure_at": _at(self.last_failure),
+            "duration_p50_seconds": _number(self.duration_p50),
+            "duration_p95_seconds": _number(self.duration_p95),
+            "last_bytes": latest.bytes_backed_up,
+            "median_bytes": self.median_bytes,
+            "expected_interval_seconds": _number(self.interval),
+            "next_expected_at": _at(self.next_expected),
+            "grace_seconds": _number(self.grace),
+            "schedule": self.schedule,
+        }
+        # last_run is most of the answer's bytes: encode it once, and close the object with it.
+        self.json_tail = ',"last_run":' + _dumps(last_run) + "}"
+        self._json: tuple[tuple, str] | None = None
+
+    @property
+    def job(self) -> tuple[str, str]:
+        """This job's (job_name, agent_id)."""
+        return (self.job_name, self.agent_id)
+
+    def state(self, now_ts: float) -> tuple[str, str]:
+        """Return (state, state the job would have if it were not muted) at now_ts."""
+        if self.next_expected is not None and now_ts > self.next_expected + self.grace:
+            state = "late"
+        elif self.latest.status == "failure":
+            state = "failing"
+        elif self.latest.status == "partial":
+            state = "degraded"
+        elif self.interval is None:
+            state = "new"
+        else:
+            state = "ok"
+        return ("muted" if self.muted else state), state
+
+    def success_rate(self, since_ts: float) -> float | None:
+        """Return the share of runs started at or after since_ts that succeeded, or None."""
+        first = bisect_left(self.starts, since_ts)
+        total = self.count - first
+        if total == 0:
+            return None
+        return round((self.successes[-1] - self.successes[first]) / total, 4)
+
+    def moment(self, now_ts: float) -> tuple[str, str, float | None, float | None]:
+        """Return what depends on the time: (state, unmuted state, 7-day and 30-day rates)."""
+        return (
+            *self.state(now_ts),
+            self.success_rate(now_ts - 7 * DAY),
+            self.success_rate(now_ts - 30 * DAY),
+        )
+
+    def row(self, moment: tuple) -> dict:
+        """Return the job's JSON fields, all but last_run, in the answer's order."""
+        state, unmuted, rate_7d, rate_30d = moment
+        return {
+            **self.head,
+            "state": state,
+            "unmuted_state": unmuted,
+            "success_rate_7d": rate_7d,
+            "success_rate_30d": rate_30d,
+            **self.rest,
+        }
+
+    def json(self, moment: tuple) -> str:
+        """Return the job's JSON object; it is encoded again only when moment changed."""
+        cached = self._json  # one read: another thread may replace it meanwhile
+        if cached is None or cached[0] != moment:
+            # Each object is closed by the job's cached last_run text, not by encoding it again.
+            cached = (moment, _dumps(self.row(moment))[:-1] + self.json_tail)
+            self._json = cached
+        return cached[1]
+
+
+def _latest_end(runs: list[RunSummary], status: str) -> float | None:
+    for run in reversed(runs):
+        if run.status == status:
+            return run.end_ts
+    return None
+
+
+def parse_states(text: str | None) -> tuple[str, ...]:
+    """Turn a `state` query value such as 'late,failing' into states; raise ValueError if bad."""
+    if text is None:
+        return ()
+    states = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    unknown = [state for state in states if state not in STATE_RANK]
+    if unknown:
+        raise ValueError(f"state: unknown value {unknown[0]!r}; use {', '.join(STATES)}")
+    return states
+
+
+class JobMonitor:
+    """Keeps every job's statistics current with the store, recomputing only changed jobs."""
+
+    def __init__(self, store: RunStore, overrides: Overrides | None = None):
+        self.store = store
+        self.overrides = overrides or Overrides()
+        self._lock = threading.Lock()
+        self._stats: dict[tuple[str, str], JobStats] = {}
+        self._seen_version: int | None = None
+
+    def snapshot(self) -> tuple[int | None, list[JobStats]]:
+        """Return (generation, every job's statistics), refreshing the jobs whose runs changed.
+
+        Equal generations mean equal statistics; None means "do not cache on this one".
+        """
+        with self._lock:
+            # Read the store's version before the job counters: a change in between only makes
+            # the next call look again.
+            version = self.store.version
+            if version != self._seen_version:
+                complete = self._refresh()
+                self._seen_version = version if complete else None
+            return self._seen_version, list(self._stats.values())
+
+    def stats(self) -> list[JobStats]:
+        """Return the current statistics of every job."""
+        return self.snapshot()[1]
+
+    def _refresh(self) -> bool:
+        """Recompute the jobs whose counter moved; return False if one must be looked at again."""
+        complete = True
+        versions = self.store.job_versions()
+        for gone in self._stats.keys() - versions.keys():
+            del self._stats[gone]
+        for job, version in versions.items():
+            cached = self._stats.get(job)
+            if cached is not None and cached.version == version:
+                continue
+            runs = self.store.job_runs(job)
+            if not runs:
+                self._stats.pop(job, None)
+                continue
+            try:
+                last_run = self.store.get(max(runs, key=_start_order).run_id)
+            except RunNotFound:
+                # Deleted since the index was read: keep what we know, and look again next time.
+                last_run, version, complete = None, None, False
+            self._stats[job] = JobStats(job, version, runs, self.overrides.for_job(*job), last_run)
+        return complete
+
+    def moments(self, now: datetime, states: Iterable[str] = ()) -> list[tuple[JobStats, tuple]]:
+        """Return (statistics, moment) per job at now, worst state first, then newest run."""
+        now_ts = now.timestamp()
+        pairs = [(stats, stats.moment(now_ts)) for stats in self.stats()]
+        wanted = set(states)
+        if wanted:
+            pairs = [(stats, moment) for stats, moment in pairs if moment[0] in wanted]
+        pairs.sort(
+            key=lambda pair: (
+                STATE_RANK[pair[1][0]],
+                -pair[0].latest.start_ts,
+                pair[0].job_name,
+                pair[0].agent_id,
+            )
+        )
+        return pairs
+
+    def summaries(self, now: datetime, states: Iterable[str] = ()) -> list[JobSummary]:
+        """Return every job's summary at now, worst state first, ties most recent run first."""
+        return [
+            JobSummary(**stats.row(moment), last_run=stats.last_run)
+            for stats, moment in self.moments(now, states)
+        ]
+
+    def to_json(self, now: datetime, states: Iterable[str] = ()) -> str:
+        """Return the /v1/jobs answer: the summaries as one JSON array."""
+        return (
+            "[" + ",".join(stats.json(moment) for stats, moment in self.moments(now, states)) + "]"
+        )
+
+
+def job_summaries(app: Flask, now: datetime, states: Iterable[str] = ()) -> list[JobSummary]:
+    """Return the summaries of the app's jobs at now (for the dashboard), worst first."""
+    return app.extensions["jobs"].summaries(now, states)
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+LABELS = ["job_name", "agent_id"]
+
+
+class JobCollector:
+    """A Prometheus collector over a snapshot of the jobs' statistics, taken at now_ts."""
+
+    def __init__(self, stats: list[JobStats], now_ts: float):
+        self._stats = stats
+        self._now_ts = now_ts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """Yield one gauge family per metric, one sample per job (and per flag)."""
+
+        def gauge(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=[*LABELS, *extra])
+
+        last_time = gauge("backup_last_run_timestamp_seconds", "End time of the latest run.")
+        success = gauge("backup_last_run_success", "Latest run: 1 success, 0.5 partial, 0 failure.")
+        duration = gauge("backup_last_run_duration_seconds", "Duration of the latest run.")
+        size = gauge("backup_last_run_bytes", "Bytes backed up by the latest run.")
+        last_success = gauge(
+            "backup_last_success_timestamp_seconds", "End time of the latest successful run."
+        )
+        late = gauge("backup_job_late", "1 if the job is late (and not muted), else 0.")
+        interval = gauge(
+            "backup_job_expected_interval_seconds", "Expected time between two starts."
+        )
+        flag = gauge("backup_job_flag", "1 if the latest run has this flag, else 0.", ("flag",))
+        muted = gauge("backup_job_muted", "1 if the jobs file mutes the job, else 0.")
+        for stats in sorted(self._stats, key=lambda stats: stats.job):
+            labels = list(stats.job)
+            latest = stats.latest
+            last_time.add_metric(labels, latest.end_ts)
+            success.add_metric(labels, SUCCESS_VALUE[latest.status])
+            duration.add_metric(labels, latest.end_ts - latest.start_ts)
+            if latest.bytes_backed_up is not None:
+                size.add_metric(labels, latest.bytes_backed_up)
+            if stats.last_success is not None:
+                last_success.add_metric(labels, stats.last_success)
+            late.add_metric(labels, float(stats.state(self._now_ts)[0] == "late"))
+            if stats.interval is not None:
+                interval.add_metric(labels, stats.interval)
+            for name in FLAGS:
+                flag.add_metric([*labels, name], float(name in stats.flags))
+            muted.add_metric(labels, float(stats.muted))
+        yield from (last_time, success, duration, size, last_success, late, interval, flag, muted)
+
+
+class MetricsPage:
+    """Renders /metrics with prometheus_client, reusing the last text while nothing changed.
+
+    Formatting is prometheus_client's work and costs some microseconds a sample; with 500 jobs
+    that is most of the budget, so the text is kept until a run changes or a job turns late.
+    """
+
+    def __init__(self, monitor: JobMonitor):
+        self._monitor = monitor
+        self._last: tuple[tuple, bytes] | None = None
+
+    def render(self, now: datetime, accept: str) -> tuple[bytes, str]:
+        """Return (body, content type) for a scrape with this Accept header."""
+        encoder, content_type = choose_encoder(accept)
+        generation, stats = self._monitor.snapshot()
+        now_ts = now.timestamp()
+        late = frozenset(job.job for job in stats if job.state(now_ts)[0] == "late")
+        key = (generation, late, content_type)
+        last = self._last  # one read: another thread may replace it meanwhile
+        if generation is not None and last is not None and last[0] == key:
+            return last[1], content_type
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(JobCollector(stats, now_ts))
+        body = encoder(registry)
+        self._last = (key, body)
+        return body, content_type
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def register(app: Flask, overrides: Overrides | None = None) -> None:
+    """Add GET /v1/jobs and GET /metrics to app, over its store and the jobs file's overrides."""
+    monitor = JobMonitor(app.extensions["store"], overrides)
+    app.extensions["jobs"] = monitor
+    page = MetricsPage(monitor)
+
+    @app.get("/v1/jobs")
+    def list_jobs() -> Response:
+        try:
+            states = parse_states(request.args.get("state"))
+        except ValueError as exc:
+            # The app's HTTP error handler answers this in the one error shape.
+            raise BadRequest(str(exc)) from None
+        body = monitor.to_json(app.config["CLOCK"](), states)
+        return Response(body + "\n", mimetype="application/json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = page.render(app.config["CLOCK"](), request.headers.get("Accept", ""))
+        return Response(body, content_type=content_type)

@@ -1,0 +1,237 @@
+"""The jobs file (JOBS_FILE): overrides for interval, grace, cron, size, encryption and mute."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from jobs_support import DAY, JOB, T0, Clock, clock, daily, run_at, save
+
+from app import ConfigError, create_app
+from jobs import JobOverride
+
+# The clock fixture comes from jobs_support; naming it here registers it.
+__all__ = ["clock"]
+
+
+@pytest.fixture
+def jobs_file(tmp_path: Path) -> Path:
+    """Where the test writes its jobs file: beside the store, not in it."""
+    return tmp_path / "jobs.json"
+
+
+@pytest.fixture
+def make_app(app_config: dict, jobs_file: Path, clock: Clock):
+    """Build an app over a jobs file holding the given entries; close its store afterwards."""
+    apps = []
+
+    def build(*entries: dict):
+        jobs_file.write_text(json.dumps({"jobs": list(entries)}))
+        config = {**app_config, "JOBS_FILE": str(jobs_file), "CLOCK": clock, "WATCH_STORE": "0"}
+        apps.append(create_app(config))
+        return apps[-1]
+
+    yield build
+    for app in apps:
+        app.extensions["store"].close()
+
+
+def only_job(app) -> dict:
+    """The one job /v1/jobs lists."""
+    (job,) = app.test_client().get("/v1/jobs").get_json()
+    return job
+
+
+def test_no_jobs_file_is_fine(app):
+    assert app.config["JOBS_FILE"] == ""
+    assert app.extensions["jobs"].overrides.for_job(*JOB) is None
+
+
+def test_an_empty_list_is_fine(make_app):
+    assert len(make_app().extensions["jobs"].overrides) == 0
+
+
+def test_a_set_interval_needs_no_history(make_app, clock):
+    app = make_app({"job_name": JOB[0], "interval_seconds": 3600})
+    save(app, run_at(0))
+    clock.moment = T0 + timedelta(hours=1, minutes=30)  # grace: half an hour
+    job = only_job(app)
+    assert (job["expected_interval_seconds"], job["schedule"], job["state"]) == (
+        3600,
+        "interval",
+        "ok",
+    )
+    assert job["next_expected_at"] == "2026-05-01T03:00:00.000000Z"
+    clock.moment += timedelta(seconds=1)
+    assert only_job(app)["state"] == "late"
+
+
+def test_interval_and_grace_replace_the_inferred_ones(make_app, clock):
+    app = make_app({"job_name": JOB[0], "interval_seconds": 2 * DAY, "grace_seconds": 60})
+    save(app, *daily(5))
+    clock.moment = T0 + timedelta(days=6, seconds=60)
+    job = only_job(app)
+    assert (job["expected_interval_seconds"], job["grace_seconds"], job["state"]) == (
+        2 * DAY,
+        60,
+        "ok",
+    )
+    clock.moment += timedelta(seconds=1)
+    assert only_job(app)["state"] == "late"
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        ("2026-05-01T02:00:00Z", "2026-05-02T02:00:00.000000Z"),  # on time
+        ("2026-05-01T02:40:00Z", "2026-05-02T02:00:00.000000Z"),  # started late
+        ("2026-05-01T01:59:50Z", "2026-05-02T02:00:00.000000Z"),  # early: it served 02:00
+    ],
+)
+def test_cron_expects_the_slot_after_the_one_the_run_served(make_app, start, expected):
+    app = make_app({"job_name": JOB[0], "cron": "0 2 * * *"})
+    begin = datetime.fromisoformat(start)
+    save(app, run_at((begin - T0).total_seconds()))
+    job = only_job(app)
+    assert (job["next_expected_at"], job["expected_interval_seconds"]) == (expected, DAY)
+    assert (job["schedule"], job["grace_seconds"]) == ("cron", DAY // 2)
+
+
+def test_cron_in_a_time_zone(make_app):
+    app = make_app({"job_name": JOB[0], "cron": "0 2 * * 1", "timezone": "Europe/Berlin"})
+    save(app, run_at(-DAY))  # Thursday 2026-04-30 02:00 UTC
+    job = only_job(app)
+    # Mondays at 02:00 in Berlin, in summer time: 00:00 UTC.
+    assert job["next_expected_at"] == "2026-05-04T00:00:00.000000Z"
+    assert job["expected_interval_seconds"] == 7 * DAY
+
+
+def test_an_entry_for_the_agent_beats_one_for_every_agent(make_app):
+    app = make_app(
+        {"job_name": JOB[0], "interval_seconds": 100},
+        {"job_name": JOB[0], "agent_id": "db-02", "interval_seconds": 200},
+        {"job_name": "other", "agent_id": JOB[1], "interval_seconds": 300},
+    )
+    save(app, run_at(0), run_at(0, job=(JOB[0], "db-02")), run_at(0, job=(JOB[0], "db-03")))
+    intervals = {
+        job["agent_id"]: job["expected_interval_seconds"]
+        for job in app.test_client().get("/v1/jobs").get_json()
+    }
+    assert intervals == {"db-01": 100, "db-02": 200, "db-03": 100}
+
+
+def test_min_bytes_and_require_encryption_raise_flags(make_app):
+    app = make_app({"job_name": JOB[0], "min_bytes": 1000, "require_encryption": True})
+    save(app, run_at(0, bytes_backed_up=999))
+    assert only_job(app)["flags"] == ["size_drop", "unencrypted"]
+
+
+def test_a_muted_job_is_never_late_and_needs_no_attention(make_app, clock):
+    app = make_app({"job_name": JOB[0], "muted": True, "comment": "host retired"})
+    save(app, *daily(3), run_at(0, job=("other", "b"), status="failure"))
+    clock.moment = T0 + timedelta(days=30)
+    client = app.test_client()
+    listed = client.get("/v1/jobs").get_json()
+    # Muted sorts last: it needs no one's attention.
+    assert [(job["job_name"], job["state"]) for job in listed] == [
+        ("other", "failing"),
+        (JOB[0], "muted"),
+    ]
+    assert (listed[1]["muted"], listed[1]["unmuted_state"]) == (True, "late")
+    attention = client.get("/v1/jobs?state=late,failing").get_json()
+    assert [job["job_name"] for job in attention] == ["other"]
+    assert [job["job_name"] for job in client.get("/v1/jobs?state=muted").get_json()] == [JOB[0]]
+
+
+# --- bad files stop the start ----------------------------------------------------------------
+
+
+def start_with(app_config: dict, jobs_file: Path, content: str | None) -> str:
+    """Try to build the app over a jobs file with this content; return the ConfigError text."""
+    if content is not None:
+        jobs_file.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        create_app({**app_config, "JOBS_FILE": str(jobs_file)})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"JOBS_FILE {jobs_file}: ")
+    return message[len(f"JOBS_FILE {jobs_file}: ") :]
+
+
+def entry(**fields) -> str:
+    """A jobs file with one entry for JOB[0] and these fields."""
+    return json.dumps({"jobs": [{"job_name": JOB[0], **fields}]})
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("{", "not valid JSON (Expecting property name enclosed in double quotes at line 1"),
+        ("[]", "the file: [] is not of type 'object'"),
+        ("{}", "the file: 'jobs' is a required property"),
+        ('{"jobs": [{}]}', "jobs[0]: 'job_name' is a required property"),
+        (entry(intervall=60), "jobs[0]: Additional properties are not allowed ('intervall'"),
+        (entry(interval_seconds=0), "jobs[0].interval_seconds: 0 is less than or equal to"),
+        (entry(interval_seconds="1h"), "jobs[0].interval_seconds: '1h' is not of type 'number'"),
+        (entry(grace_seconds=-1), "jobs[0].grace_seconds: -1 is less than the minimum of 0"),
+        (entry(min_bytes=1.5), "jobs[0].min_bytes: 1.5 is not of type 'integer'"),
+        (entry(muted="yes"), "jobs[0].muted: 'yes' is not of type 'boolean'"),
+        (entry(interval_seconds=60, cron="* * * * *"), "jobs[0]: set interval_seconds or cron"),
+        (entry(timezone="UTC"), "jobs[0]: timezone applies to cron only"),
+        (entry(cron="61 2 * * *"), "jobs[0].cron: '61 2 * * *' is not a cron expression"),
+        (entry(cron="@reboot"), "jobs[0].cron: '@reboot' is not a cron expression"),
+        (
+            entry(cron="0 2 * * *", timezone="Mars/Olympus"),
+            "jobs[0].timezone: 'Mars/Olympus' is not a known time zone",
+        ),
+        (
+            json.dumps({"jobs": [{"job_name": "a"}, {"job_name": "b"}, {"job_name": "a"}]}),
+            "jobs[2]: repeats jobs[0] for the same job",
+        ),
+        (json.dumps({"jobs": [], "extra": 1}), "the file: Additional properties"),
+        (entry(interval_seconds=float("inf")), "Infinity is not valid JSON"),
+    ],
+)
+def test_a_bad_file_stops_the_start_with_a_clear_line(app_config, jobs_file, content, reason):
+    assert start_with(app_config, jobs_file, content).startswith(reason)
+
+
+def test_a_missing_file_stops_the_start(app_config, jobs_file):
+    assert start_with(app_config, jobs_file, None) == "no such file"
+
+
+def test_the_file_may_not_live_in_the_store_folder(app_config, store_dir):
+    store_dir.mkdir()
+    assert (
+        start_with(app_config, store_dir / "jobs.json", '{"jobs": []}')
+        == "must not be inside STORE_DIR, which holds runs only"
+    )
+
+
+def test_python_app_py_exits_2_with_one_line(tmp_path, jobs_file):
+    jobs_file.write_text(entry(cron="not cron"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--jobs-file", str(jobs_file)],
+        cwd=tmp_path,
+        env={"STORE_DIR": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"backup-registry: JOBS_FILE {jobs_file}: jobs[0].cron: 'not cron' is not a cron "
+        "expression\n"
+    )
+    assert not (tmp_path / "store").exists()  # stopped before touching the store
+
+
+def test_the_schema_names_every_setting_the_loader_knows():
+    schema = json.loads((ROOT / "jobs.schema.json").read_text())
+    keys = set(schema["$defs"]["job"]["properties"]) - {"comment"}
+    assert keys == set(JobOverride.__dataclass_fields__)
