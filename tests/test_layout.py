@@ -1,0 +1,44 @@
+"""The layout: schema.json is the one source of the field rules, and dependencies are pinned."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+from conftest import ROOT, make_run
+
+from app import ApiError, RunValidator
+
+REQUIRED = ["run_id", "job_name", "agent_id", "start_time", "end_time", "status"]
+
+
+def test_schema_is_valid_draft_2020_12():
+    schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
+
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert sorted(schema["required"]) == sorted(REQUIRED)
+
+
+def test_field_rules_come_from_schema_json(tmp_path):
+    schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
+    schema["properties"]["job_name"]["maxLength"] = 3
+    narrowed = tmp_path / "schema.json"
+    narrowed.write_text(json.dumps(schema), encoding="utf-8")
+
+    RunValidator().clean(make_run(job_name="abcd"))  # the shipped schema allows it
+    with pytest.raises(ApiError, match="job_name: must be at most 3 characters"):
+        RunValidator(narrowed).clean(make_run(job_name="abcd"))
+
+
+def test_runtime_requirements_are_pinned():
+    lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    requirements = [line for line in lines if line.strip() and not line.startswith("#")]
+
+    assert requirements
+    for line in requirements:
+        assert re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][\w.]*", line.strip()), line
+    names = {line.split("==")[0].lower() for line in requirements}
+    assert {"flask", "waitress", "jsonschema"} <= names
