@@ -42,3 +42,12 @@ def test_runtime_requirements_are_pinned():
         assert re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][\w.]*", line.strip()), line
     names = {line.split("==")[0].lower() for line in requirements}
     assert {"flask", "waitress", "jsonschema"} <= names
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"```sh\n([^\n]+)\n```", readme)  # the one-line command blocks
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+    assert len(commands) == 2  # one installs and serves, one installs and tests
+    assert commands[1] in ci_lines

@@ -4,13 +4,15 @@ cannot show, such as the peer address and the proxy headers waitress hands on (o
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import threading
 from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import LiveServer, make_run
+from conftest import ROOT, LiveServer, make_run
 
 RUNS = "/v1/backup-runs"
 TOKEN = "live-token-4e7d"
@@ -244,3 +246,33 @@ def test_without_credentials_a_proxied_request_is_refused(open_server, http):
 
     assert_json_error(refused, 401)
     assert admitted.status_code == 200
+
+
+def readme_wrapper() -> str:
+    """Return the README's shell snippet that wraps a backup command and reports its run."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [snippet] = re.findall(r"```sh\n(#!/bin/sh\n# usage: report-backup .*?)```", readme, re.S)
+    return snippet
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code", "status", "error"),
+    [
+        (["true"], 0, "success", None),
+        (["sh", "-c", "echo disk full >&2; exit 3"], 1, "failure", "disk full"),
+    ],
+)
+def test_readme_wrapper_reports_the_run(tmp_path, server, command, exit_code, status, error):
+    script = tmp_path / "report-backup"
+    script.write_text(readme_wrapper(), encoding="utf-8")
+    job = f"wrapped-{status}"
+    env = {**os.environ, "REGISTRY": server.url, "REGISTRY_TOKEN": TOKEN}
+
+    result = subprocess.run(
+        ["sh", str(script), job, *command], env=env, capture_output=True, timeout=30
+    )
+
+    assert (result.returncode, result.stderr) == (exit_code, b"")
+    with requests.get(f"{server.url}{RUNS}?job_name={job}", timeout=10) as listed:
+        [run] = listed.json()
+    assert (run["status"], run["error"]) == (status, error)
