@@ -129,7 +129,9 @@ def parse_timestamp(text: str, *, date_only_ok: bool = False) -> datetime:
 
 def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 UTC with microseconds and a trailing Z."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: glibc's %Y writes the year 139 as "139", which is no RFC 3339 date-time
+    # (schemathesis found it in /v1/jobs for a run reported as ending in 0139).
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def to_micros(moment: datetime) -> int:

@@ -7,10 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 import requests
 from conftest import ROOT
+
+from store import format_timestamp
 
 TOKEN = "contract-token-7f3a"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
@@ -75,6 +79,21 @@ def test_contract_and_schema_are_public(app_config, app):
     assert client.get("/openapi.json").json["openapi"].startswith("3.1")
     assert client.get("/schema.json").status_code == 200
     assert client.get("/v1/backup-runs").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("moment", "text"),
+    [
+        (datetime(139, 1, 20, 14, 4, 50, tzinfo=UTC), "0139-01-20T14:04:50.000000Z"),
+        (datetime(2026, 5, 12, 4, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))), None),
+    ],
+)
+def test_timestamps_the_server_writes_are_rfc3339_in_any_year(moment, text):
+    """received_at and the times in /v1/jobs must match the contract's date-time format."""
+    written = format_timestamp(moment)
+
+    assert written == (text or "2026-05-12T02:00:00.000005Z")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", written)
 
 
 def test_openapi_declares_every_auth_scheme():
