@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import select
 import sys
 import threading
 import time
@@ -1021,6 +1022,11 @@ class _Watcher:
                 "inotify unavailable (%s); polling the store every %.0f s", exc, self.POLL_SECONDS
             )
             self.mode = "polling"
+        self._wake_read, self._wake_write = os.pipe()
+        self._poller = select.poll()
+        self._poller.register(self._wake_read, select.POLLIN)
+        if self._inotify is not None:
+            self._poller.register(self._inotify.fileno(), select.POLLIN)
         self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
 
     def start(self) -> None:
@@ -1030,10 +1036,20 @@ class _Watcher:
     def stop(self) -> None:
         """Stop the thread and release the inotify descriptor."""
         self._stop.set()
+        os.write(self._wake_write, b"x")  # end a wait for events now, not at its timeout
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         if self._inotify is not None:
             self._inotify.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _wait_for_events(self) -> list:
+        """Return inotify events, waiting up to 250 ms for some, or none once stop() is called."""
+        ready = self._poller.poll(250)
+        if self._stop.is_set() or not ready:
+            return []
+        return self._inotify.read(timeout=0)
 
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
@@ -1044,10 +1060,10 @@ class _Watcher:
                     next_snapshot = time.monotonic() + SNAPSHOT_SECONDS
                     self._store.save_snapshot()
                 if self._inotify is None:
-                    self._stop.wait(self.POLL_SECONDS)
-                    self._store.rescan()
+                    if not self._stop.wait(self.POLL_SECONDS):
+                        self._store.rescan()
                     continue
-                events = self._inotify.read(timeout=250)
+                events = self._wait_for_events()
                 if any(event.mask & self._overflow for event in events):
                     log.warning("inotify queue overflowed; rescanning the store")
                     self._store.rescan()
