@@ -219,6 +219,16 @@ def test_raw_traversal_in_the_url_never_reaches_outside(server, path):
     assert json.loads(secret.read_text())["run_id"] == "../secret"
 
 
+@pytest.mark.parametrize("encoded", ["a%0Ab", "%0A", "a%0Db", "%09x", "x%0A%0Ay", "a%0A/b"])
+def test_control_characters_in_a_url_id_are_an_id_not_a_missing_route(make_client, encoded):
+    """An id no run can have is still an id: DELETE is 204 and GET "run not found"."""
+    client = make_client(API_TOKENS="")
+
+    assert client.delete(f"{RUNS}/{encoded}").status_code == 204
+    response = client.get(f"{RUNS}/{encoded}")
+    assert response.status_code == 404 and response.json == {"error": "run not found"}
+
+
 # --- headers ---------------------------------------------------------------------------------
 
 
