@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 import jobs
+import ui
 from store import (
     STATUSES,
     InvalidRunId,
@@ -420,6 +421,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     register_hooks(app)
     register_api(app)
+    ui.register(app)
     jobs.register(app, job_overrides)
     return app
 
