@@ -1,0 +1,727 @@
+"""The dashboard through the Flask client: what each page shows, escaping, headers and auth."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import make_run
+from markupsafe import escape
+
+import app as app_module
+import ui
+
+NOW = datetime(2026, 5, 12, 12, 0, 0, tzinfo=UTC)
+RUNS = "/v1/backup-runs"
+GIB = 1024**3
+XSS = "<script>alert('x')</script>"
+TEMPLATES = Path(ui.__file__).resolve().parent / "templates"
+
+
+@pytest.fixture
+def app_config(app_config: dict) -> dict:
+    """The test app, with a clock fixed at NOW."""
+    return {**app_config, "CLOCK": lambda: NOW, "WATCH_STORE": False}
+
+
+def report(client, run_id: str = "run-1", **fields) -> dict:
+    """Submit a run through the API and return what was sent."""
+    run = make_run(run_id, **fields)
+    response = client.post(RUNS, json=run)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return run
+
+
+def page(client, url: str, status: int = 200) -> str:
+    """GET url and return its HTML, checking the status."""
+    response = client.get(url)
+    assert response.status_code == status, response.get_data(as_text=True)[:2000]
+    assert response.mimetype == "text/html"
+    return response.get_data(as_text=True)
+
+
+def cards(text: str) -> dict[str, int]:
+    """Read the overview's summary cards as {label: count}."""
+    found = re.findall(
+        r'<span class="card-count">(\d+)</span>\s*<span class="card-label">([^<]+)</span>', text
+    )
+    return {label: int(count) for count, label in found}
+
+
+def job_order(text: str) -> list[str]:
+    """Return the job names of the overview's rows, top to bottom."""
+    return [html.unescape(name) for name in re.findall(r'class="job-link"[^>]*>([^<]*)<', text)]
+
+
+def hrefs(text: str, pattern: str) -> list[str]:
+    """Return the (unescaped) href values that match pattern."""
+    return [html.unescape(h) for h in re.findall(r'href="([^"]*)"', text) if re.search(pattern, h)]
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+def test_empty_store_says_so_and_shows_the_curl_that_reports_a_run(client):
+    text = page(client, "/")
+    assert "No backup runs have been reported yet" in text
+    command = html.unescape(re.search(r"<pre[^>]*><code>(.*?)</code></pre>", text, re.S)[1])
+    assert command.startswith("curl -sS -X POST http://localhost/v1/backup-runs")
+    assert '"job_name": "postgres-daily"' in command
+    assert 'class="jobs' not in text
+
+
+def test_each_job_shows_its_latest_run_by_end_time(client):
+    # Received last, but it ended first: the row must still show the later-ending run.
+    report(client, "late-end", start_time="2026-05-11T02:00:00Z", end_time="2026-05-11T23:00:00Z")
+    report(client, "early-end", start_time="2026-05-11T03:00:00Z", end_time="2026-05-11T03:10:00Z")
+    report(client, "other", job_name="mail", agent_id="mx-01")
+    text = page(client, "/")
+    assert job_order(text) == ["mail", "postgres-daily"]
+    assert "/run/late-end" in text and "/run/early-end" not in text
+    assert '<time datetime="2026-05-11T02:00:00Z">2026-05-11 02:00</time>' in text
+    assert "21 h" in text  # duration of late-end
+    assert ">2</a>" in text  # postgres-daily has two runs
+
+
+def test_row_shows_started_age_duration_size_encryption_and_error(client):
+    report(
+        client,
+        bytes_backed_up=GIB,
+        encrypted=True,
+        status="failure",
+        error="disk full while writing chunk 17 " + "x" * 200,
+    )
+    text = page(client, "/")
+    assert "Started (UTC)</a></th>" in text
+    assert '<time datetime="2026-05-12T02:00:00Z">2026-05-12 02:00</time>' in text
+    assert "10 h ago" in text  # NOW is 12:00; the run started at 02:00
+    assert "4 min 33 s" in text
+    assert "1.00 GiB" in text
+    assert ">encrypted</span>" in text
+    preview = re.search(r'<span class="error-preview" title="([^"]*)">([^<]*)</span>', text)
+    assert html.unescape(preview[1]) == "disk full while writing chunk 17 " + "x" * 200
+    assert preview[2].endswith("…") and len(preview[2]) <= ui.ERROR_PREVIEW_CHARS
+
+
+def test_run_count_links_to_the_jobs_history(client):
+    for number in range(3):
+        report(client, f"r{number}", job_name="db & files", agent_id="host/1")
+    text = page(client, "/")
+    (link,) = set(hrefs(text, r"^/job\?"))
+    assert link == "/job?job_name=db+%26+files&agent_id=host/1"
+    assert ">3</a>" in text
+    assert "3 runs" in page(client, link)
+
+
+def test_summary_cards_count_jobs_by_their_latest_run(client):
+    report(client, "a1", job_name="a", status="failure")
+    report(client, "a2", job_name="a", end_time="2026-05-12T03:00:00Z", status="success")
+    report(client, "b", job_name="b", status="failure")
+    report(client, "c", job_name="c", status="partial", encrypted=False)
+    report(client, "d", job_name="d", encryption_status="failed")
+    counts = cards(page(client, "/"))
+    counts.pop("Late", None)  # job monitoring's card, tested with it
+    assert counts == {
+        "Jobs": 4,
+        "Succeeded": 2,
+        "Failed": 1,
+        "Partial": 1,
+        "Unencrypted": 2,
+    }
+
+
+def test_problems_stand_out_in_words_and_shapes_not_colour_alone(client):
+    report(client, "f", job_name="failed-job", status="failure", error="boom")
+    report(client, "p", job_name="partial-job", status="partial")
+    report(client, "u", job_name="plain-job", encrypted=False)
+    report(client, "ok", job_name="fine-job", encrypted=True)
+    text = page(client, "/")
+    for badge, icon, word in [
+        ("badge-failure", "i-failure", "Failed"),
+        ("badge-partial", "i-partial", "Partial"),
+        ("badge-unencrypted", "i-warning", "unencrypted"),
+        ("badge-success", "i-success", "Success"),
+    ]:
+        assert re.search(
+            rf'class="badge {badge}"><svg[^>]*><use href="#{icon}"/></svg>{word}<', text
+        )
+    assert re.search(r'<tr class="row-failure[ "]', text)
+    assert re.search(r'<tr class="row-partial[ "]', text)
+    assert re.search(r'<tr class="row-success row-unencrypted[ "]', text)
+
+
+def test_default_order_puts_failed_then_partial_then_unencrypted_on_top(client):
+    report(client, "1", job_name="aaa-fine")
+    report(client, "2", job_name="bbb-unencrypted", encrypted=False)
+    report(client, "3", job_name="ccc-partial", status="partial")
+    report(client, "4", job_name="ddd-failed", status="failure")
+    assert job_order(page(client, "/")) == [
+        "ddd-failed",
+        "ccc-partial",
+        "bbb-unencrypted",
+        "aaa-fine",
+    ]
+
+
+def test_columns_sort_both_ways_and_keep_the_filters(client):
+    report(client, "1", job_name="small", bytes_backed_up=10)
+    report(client, "2", job_name="big", bytes_backed_up=10 * GIB)
+    report(client, "3", job_name="none")
+    report(client, "4", job_name="Middle", bytes_backed_up=GIB)
+    assert job_order(page(client, "/?sort=job")) == ["big", "Middle", "none", "small"]
+    assert job_order(page(client, "/?sort=job&dir=desc")) == ["small", "none", "Middle", "big"]
+    assert job_order(page(client, "/?sort=size&dir=desc")) == ["big", "Middle", "small", "none"]
+    text = page(client, "/?job=i&sort=size&dir=desc")
+    assert re.search(r'aria-sort="descending"><a href="[^"]*sort=size&amp;dir=asc"', text)
+    # The next click on another column keeps the job filter.
+    assert "/?job=i&sort=job&dir=asc" in hrefs(text, r"sort=job")
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("job=POSTGRES", ["postgres-weekly", "postgres-daily"]),
+        ("job=weekly", ["postgres-weekly"]),
+        ("agent=db-02", ["postgres-weekly"]),
+        ("agent=db", []),  # agent is an exact choice, not a substring
+        ("status=failure", ["mail"]),
+        ("status=failure,partial", ["mail", "postgres-weekly"]),
+        ("status=success&status=partial", ["postgres-weekly", "postgres-daily"]),
+        ("encryption=unencrypted", ["postgres-weekly"]),
+        ("encryption=unknown", ["mail"]),
+        ("since=2026-05-10", ["mail", "postgres-daily"]),
+        ("until=2026-05-09", ["postgres-weekly"]),
+        ("since=2026-05-11&until=2026-05-11", ["mail"]),  # until a date includes that day
+        ("since=2026-05-11T12:00:00Z", ["postgres-daily"]),
+    ],
+)
+def test_filters_narrow_the_jobs(client, query, expected):
+    report(client, "1", job_name="postgres-daily", encrypted=True)
+    report(
+        client,
+        "2",
+        job_name="postgres-weekly",
+        agent_id="db-02",
+        status="partial",
+        encrypted=False,
+        start_time="2026-05-05T02:00:00Z",
+        end_time="2026-05-05T03:00:00Z",
+    )
+    report(
+        client,
+        "3",
+        job_name="mail",
+        agent_id="mx-01",
+        status="failure",
+        start_time="2026-05-11T02:00:00Z",
+        end_time="2026-05-11T02:01:00Z",
+    )
+    text = page(client, "/?" + query)
+    assert job_order(text) == expected
+    if not expected:
+        assert "No jobs match these filters" in text
+    assert cards(text)["Jobs"] == 3  # the cards always count every job
+
+
+def test_filter_form_offers_every_agent_and_keeps_what_was_chosen(client):
+    report(client, "1", agent_id="db-01")
+    report(client, "2", agent_id="b&b", job_name="x")
+    text = page(client, "/?agent=b%26b&status=failure,partial&job=pg")
+    assert '<option value="b&amp;b" selected>b&amp;b</option>' in text
+    assert '<option value="db-01">db-01</option>' in text
+    assert '<option value="failure,partial" selected>' in text
+    assert 'name="job" value="pg"' in text
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("status=done", "status: unknown value &#39;done&#39;; ignored"),
+        ("since=yesterday", "since: &#39;yesterday&#39; is not a date; ignored"),
+        ("encryption=maybe", "encryption: unknown value &#39;maybe&#39;; ignored"),
+    ],
+)
+def test_a_bad_filter_value_is_named_and_ignored(client, query, message):
+    report(client)
+    text = page(client, "/?" + query, status=400)
+    assert message in text
+    assert job_order(text) == ["postgres-daily"]
+
+
+def test_overview_follows_new_and_deleted_runs(client):
+    report(client, "old", end_time="2026-05-12T02:10:00Z")
+    assert "/run/old" in page(client, "/")
+    report(client, "new", start_time="2026-05-12T03:00:00Z", end_time="2026-05-12T03:10:00Z")
+    assert "/run/new" in page(client, "/") and "/run/old" not in page(client, "/")
+    assert client.delete(RUNS + "/new").status_code == 204
+    assert "/run/old" in page(client, "/")
+    assert client.delete(RUNS + "/old").status_code == 204
+    assert "No backup runs have been reported yet" in page(client, "/")
+
+
+def test_latest_runs_recomputes_only_the_jobs_that_changed(app, client):
+    report(client, "a", job_name="a")
+    report(client, "b", job_name="b")
+    latest = app.extensions["ui_jobs"]
+    before = {row.job: row for row in latest.rows()}
+    assert {row.job: row for row in latest.rows()} == before
+    report(client, "a2", job_name="a", end_time="2026-05-12T05:00:00Z")
+    after = {row.job: row for row in latest.rows()}
+    assert after[("b", "db-01")] is before[("b", "db-01")]
+    assert after[("a", "db-01")] is not before[("a", "db-01")]
+    assert after[("a", "db-01")].latest.run_id == "a2"
+    assert after[("a", "db-01")].run_count == 2
+
+
+def test_deleted_notice_shows_the_run_id_as_text(client):
+    text = page(client, "/?deleted=" + XSS)
+    assert "<script>" not in text
+    assert "was deleted" in text and escape(XSS) in text
+
+
+# --- job monitoring (jobs.py) ----------------------------------------------------------------
+
+
+def daily_runs(client, job: str, first_day: int, days: int, **fields) -> None:
+    """Report one run a day at 02:00 UTC in May 2026, from first_day on."""
+    for day in range(first_day, first_day + days):
+        report(
+            client,
+            f"{job}-{day:02d}",
+            job_name=job,
+            start_time=f"2026-05-{day:02d}T02:00:00Z",
+            end_time=f"2026-05-{day:02d}T02:10:00Z",
+            **fields,
+        )
+
+
+def row_of(text: str, job: str) -> str:
+    """Return the overview's table row of job."""
+    rows = re.findall(r"<tr class=.*?</tr>", text, re.S)
+    (row,) = [row for row in rows if f'class="job-link" href="/job?job_name={job}&' in row]
+    return row
+
+
+def test_overview_shows_late_jobs_states_and_flags_from_job_monitoring(client):
+    daily_runs(client, "nightly", 1, 6, bytes_backed_up=GIB)  # last ran on 6 May: late
+    daily_runs(client, "shrinking", 8, 4, bytes_backed_up=10 * GIB)
+    report(
+        client,
+        "shrinking-12",
+        job_name="shrinking",
+        start_time="2026-05-12T02:00:00Z",
+        end_time="2026-05-12T02:10:00Z",
+        bytes_backed_up=GIB,
+    )
+    report(client, "fresh-1", job_name="fresh")
+    text = page(client, "/")
+    assert cards(text)["Late"] == 1
+    assert job_order(text) == ["nightly", "fresh", "shrinking"]  # late first, new before ok
+    late = row_of(text, "nightly")
+    assert 'class="row-success row-state-late"' in late
+    assert re.search(r'badge-state-late"><svg[^>]*><use href="#i-clock"/></svg>late<', late)
+    assert re.search(r'badge-flag"><svg[^>]*><use href="#i-warning"/></svg>size dropped<', text)
+    assert "size dropped" in row_of(text, "shrinking")
+    assert ">ok<" not in row_of(text, "shrinking")  # "ok" would only repeat "Success"
+    assert ">new<" in row_of(text, "fresh")
+    assert job_order(page(client, "/?state=late")) == ["nightly"]
+    history = page(client, "/job?job_name=nightly&agent_id=db-01")
+    assert re.search(r'badge-state-late"><svg[^>]*><use href="#i-clock"/></svg>late<', history)
+    assert "runs about every 24 h" in history
+    assert "next expected 2026-05-07 02:00 UTC" in history
+
+
+def test_an_unencrypted_run_is_said_once_not_as_badge_and_flag(client):
+    report(client, "plain", job_name="plain", encrypted=False)
+    row = row_of(page(client, "/"), "plain")
+    assert row.count(">unencrypted<") == 1
+
+
+# --- job history ---------------------------------------------------------------------------
+
+
+def test_history_lists_runs_newest_first_in_pages(client):
+    for day in range(1, 31):
+        for hour in (1, 13):
+            start = f"2026-04-{day:02d}T{hour:02d}:00:00Z"
+            end = f"2026-04-{day:02d}T{hour:02d}:30:00Z"
+            report(client, f"r-{day:02d}-{hour:02d}", start_time=start, end_time=end)
+    url = "/job?job_name=postgres-daily&agent_id=db-01"
+    first = page(client, url)
+    ids = re.findall(r'class="run-id"><a href="/run/([^"]+)"', first)
+    assert len(ids) == ui.HISTORY_PAGE_SIZE
+    assert ids[:3] == ["r-30-13", "r-30-01", "r-29-13"]
+    assert "Page 1 of 2" in first
+    (older,) = hrefs(first, r"page=2")
+    second = page(client, older)
+    ids_2 = re.findall(r'class="run-id"><a href="/run/([^"]+)"', second)
+    assert ids_2[0] == "r-05-13" and ids_2[-1] == "r-01-01" and len(ids_2) == 10
+    assert 'rel="prev"' in second and 'rel="next"' not in second
+    assert "Page 2 of 2" in page(client, url + "&page=99")  # past the end: the last page
+
+
+def test_history_chart_marks_failed_and_partial_runs_with_shape_and_word(client):
+    report(client, "1", start_time="2026-05-01T02:00:00Z", end_time="2026-05-01T02:10:00Z")
+    report(
+        client,
+        "2",
+        status="failure",
+        start_time="2026-05-02T02:00:00Z",
+        end_time="2026-05-02T02:01:00Z",
+    )
+    report(
+        client,
+        "3",
+        status="partial",
+        bytes_backed_up=5,
+        start_time="2026-05-03T02:00:00Z",
+        end_time="2026-05-03T02:20:00Z",
+    )
+    text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    chart = re.search(r'<svg class="history-chart".*?</svg>', text, re.S)[0]
+    assert chart.count('class="mark-failure"') == 1  # no size: drawn in the duration panel
+    assert chart.count('class="mark-partial"') == 2  # size and duration
+    assert chart.count('class="mark-success"') == 1
+    assert re.search(r'class="marker-text marker-text-failure"[^>]*>failed<', chart)
+    assert re.search(r'class="marker-text marker-text-partial"[^>]*>partial<', chart)
+    assert "<title>2026-05-02 02:00 UTC · failure · 1 min · —</title>" in chart
+    assert 'href="/run/2"' in chart
+    assert "style=" not in chart
+
+
+def test_history_chart_of_a_single_run_is_centred(client):
+    report(client, bytes_backed_up=5)
+    text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    grid = re.search(r'<line class="grid" x1="([\d.]+)" x2="([\d.]+)"', text)
+    middle = (float(grid[1]) + float(grid[2])) / 2
+    marks = re.findall(r'<circle class="mark-success" cx="([\d.]+)"', text)
+    assert [float(x) for x in marks] == [middle, middle]
+
+
+def test_history_shows_the_error_column_only_when_a_run_has_an_error(client):
+    report(client, "ok")
+    url = "/job?job_name=postgres-daily&agent_id=db-01"
+    assert '<th scope="col">Error</th>' not in page(client, url)
+    report(client, "bad", status="failure", error="disk full")
+    text = page(client, url)
+    assert '<th scope="col">Error</th>' in text and 'title="disk full">disk full<' in text
+
+
+def test_history_of_an_unknown_job_is_a_404_page(client):
+    text = page(client, "/job?job_name=nope&agent_id=db-01", status=404)
+    assert "No runs for this job" in text
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+def test_run_page_shows_every_field_the_error_and_pretty_metadata(client):
+    report(
+        client,
+        "pg-1",
+        status="failure",
+        bytes_backed_up=3 * GIB,
+        encrypted=False,
+        encryption_status="failed",
+        error="pg_dump: error: connection refused\nexit 1",
+        backup_url="https://minio.lan/pg/1",
+        metadata={"tool": "pg_dump", "tables": [1, 2]},
+    )
+    text = page(client, "/run/pg-1")
+    for shown in [
+        "postgres-daily",
+        "db-01",
+        "Failed",
+        "2026-05-12 02:00 UTC",
+        "2026-05-12 02:04 UTC",
+        "2026-05-12T02:00:00Z",
+        "4 min 33 s",
+        "3.00 GiB",
+        "3,221,225,472 bytes",
+        "encryption failed",
+        "2026-05-12T12:00:00.000000Z",  # received_at
+    ]:
+        assert shown in text, shown
+    error_box = re.search(r'<section class="error-box".*?</section>', text, re.S)[0]
+    assert "<pre>pg_dump: error: connection refused\nexit 1</pre>" in error_box
+    assert "{\n  &#34;tool&#34;: &#34;pg_dump&#34;,\n  &#34;tables&#34;: [\n    1," in text
+    assert (
+        '<a href="https://minio.lan/pg/1" rel="noopener noreferrer" target="_blank" class="url">'
+        in text
+    )
+    assert "/job?job_name=postgres-daily&amp;agent_id=db-01" in text
+
+
+def test_run_page_links_backup_url_only_when_it_is_http_or_https(app, client):
+    # The API refuses such a URL; a file written by hand is shown, never made a link.
+    run = {**make_run("hand-made"), "backup_url": "javascript:alert(1)"}
+    run["received_at"] = "2026-05-12T02:05:00Z"
+    app.extensions["store"].save(run)
+    text = page(client, "/run/hand-made")
+    assert 'href="javascript' not in text
+    assert 'javascript:alert(1)</span> <span class="muted">(not an http or https link)' in text
+
+
+def test_run_page_shows_fields_the_schema_does_not_know(app, client):
+    run = {**make_run("extra"), "received_at": "2026-05-12T02:05:00Z", "retention": {"days": 30}}
+    app.extensions["store"].save(run)
+    text = page(client, "/run/extra")
+    assert "Other fields" in text and "retention" in text and "&#34;days&#34;: 30" in text
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["a/b", "x:y", "50%", "sp ace", "q?x#y", "a//b", "/leading", "trailing/", "ü-ñ", "a+b&c=d"],
+)
+def test_run_ids_with_special_characters_work_from_link_to_delete(client, run_id):
+    report(client, run_id)
+    history = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    (link,) = set(hrefs(history, r"^/run/"))
+    text = page(client, link)
+    assert escape(run_id) in text
+    delete_url = html.unescape(re.search(r'data-delete-url="([^"]*)"', text)[1])
+    done_url = html.unescape(re.search(r'data-done-url="([^"]*)"', text)[1])
+    assert client.get(delete_url).get_json()["run_id"] == run_id
+    assert client.delete(delete_url).status_code == 204
+    assert client.get(RUNS).get_json() == []
+    assert escape(run_id) in page(client, done_url)
+
+
+def test_unknown_run_is_a_404_page(client):
+    text = page(client, "/run/no/such%20run", status=404)
+    assert "No run with this id" in text and "no/such run" in text
+
+
+# --- escaping ------------------------------------------------------------------------------
+
+
+def test_client_strings_are_escaped_on_every_page(client):
+    report(
+        client,
+        XSS + "/id",
+        job_name=XSS,
+        agent_id=XSS,
+        status="failure",
+        error=XSS,
+        backup_url="https://x.example/" + XSS.replace(" ", ""),
+        metadata={XSS: XSS},
+    )
+    job_url = hrefs(page(client, "/"), r"^/job\?")[0]
+    urls = ["/", "/?job=" + XSS, job_url, hrefs(page(client, job_url), r"^/run/")[0], "/docs"]
+    for url in urls:
+        text = page(client, url)
+        assert "<script>" not in text, url
+        if url != "/docs":
+            assert "&lt;script&gt;" in text, url
+
+
+def test_templates_never_mark_values_safe():
+    for template in TEMPLATES.glob("*.html"):
+        source = template.read_text()
+        assert not re.search(r"\|\s*safe\b|\bMarkup\(|autoescape\s+false", source), template
+
+
+# --- headers and scripts -------------------------------------------------------------------
+
+
+def test_every_page_sends_the_security_headers(client):
+    report(client)
+    for url in [
+        "/",
+        "/job?job_name=postgres-daily&agent_id=db-01",
+        "/run/run-1",
+        "/run/missing",
+        "/docs",
+        "/static/dashboard.css",
+        "/static/dashboard.js",
+    ]:
+        response = client.get(url)
+        headers = response.headers
+        policy = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy, url
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, url
+        assert headers["X-Frame-Options"] == "DENY", url
+        assert headers["X-Content-Type-Options"] == "nosniff", url
+        assert headers["Referrer-Policy"] == "no-referrer", url
+        response.close()
+
+
+def test_pages_have_no_inline_script_or_style_the_policy_would_block(client):
+    report(client, status="failure", error="x", metadata={"a": 1})
+    for url in ["/", "/job?job_name=postgres-daily&agent_id=db-01", "/run/run-1", "/docs"]:
+        text = page(client, url)
+        scripts = re.findall(r"<script\b[^>]*>", text)
+        assert scripts == ['<script src="/static/dashboard.js" defer>'], url
+        assert not re.search(r"\sstyle=|<style|\son[a-z]+=", text), url
+
+
+def test_unknown_paths_and_wrong_methods_stay_json(client):
+    missing = client.get("/no/such/page")
+    assert missing.status_code == 404 and missing.get_json() == {"error": "not found"}
+    wrong = client.put(RUNS)
+    assert wrong.status_code == 405 and "error" in wrong.get_json()
+
+
+# --- auth and cross-site deletes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/", "/docs", "/run/run-1", "/job?job_name=a&agent_id=b"])
+def test_pages_need_the_same_auth_as_the_api(app_config, url):
+    config = {**app_config, "LOCALHOST_BYPASS": False, "AUTH_USER": "op", "AUTH_PASS": "pw"}
+    application = app_module.create_app(config)
+    try:
+        client = application.test_client()
+        refused = client.get(url)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Basic ")
+        basic = "Basic " + base64.b64encode(b"op:pw").decode()
+        assert client.get(url, headers={"Authorization": basic}).status_code in (200, 404)
+    finally:
+        application.extensions["store"].close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "http://localhost.evil.example"},
+    ],
+)
+def test_a_cross_site_delete_is_refused(client, headers):
+    report(client)
+    response = client.delete(RUNS + "/run-1", headers=headers)
+    assert response.status_code == 403
+    assert client.get(RUNS + "/run-1").status_code == 200
+
+
+def test_the_dashboards_own_same_origin_delete_is_accepted(client):
+    report(client)
+    headers = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    assert client.delete(RUNS + "/run-1", headers=headers).status_code == 204
+    assert client.get(RUNS + "/run-1").status_code == 404
+
+
+def test_no_get_or_form_post_on_a_page_deletes(client):
+    report(client)
+    page(client, "/run/run-1?delete=1&method=DELETE&_method=DELETE")
+    assert client.post("/run/run-1", data={"_method": "DELETE"}).status_code == 405
+    assert client.get("/v1/backup-runs/run-1?_method=DELETE").status_code == 200
+    assert client.get(RUNS + "/run-1").status_code == 200
+
+
+# --- docs ----------------------------------------------------------------------------------
+
+
+def test_docs_describe_every_api_endpoint(app, client):
+    text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", page(client, "/docs"))))
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.endpoint.startswith("ui."):
+            continue
+        path = re.sub(r"<[^>]*?([a-z_]+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert f"{method} {path}" in text, f"{method} {path}"
+
+
+def test_docs_list_parameters_headers_auth_fields_and_curl(app, client):
+    text = html.unescape(page(client, "/docs"))
+    for name in ["job_name", "agent_id", "status", "since", "until", "encrypted", "q", "limit"]:
+        assert f"<code>{name}</code></th>" in text, name
+    assert "<code>cursor</code></th>" in text
+    for needed in ["X-Total-Count", 'rel="next"', "Bearer", "X-API-Key", "HTTP Basic", "curl -sS"]:
+        assert needed in text, needed
+    for field in app.extensions["validator"].schema["properties"]:
+        assert f"<code>{field}</code></th>" in text, field
+    assert "/openapi.json" in text
+    limits = f"1 to {app_module.MAX_LIMIT}, default {app_module.DEFAULT_LIMIT}"
+    assert limits in text
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (None, "—"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.00 KiB"),
+        (1536, "1.50 KiB"),
+        (15 * 1024**2, "15.0 MiB"),
+        (GIB, "1.00 GiB"),
+        (412 * GIB, "412 GiB"),
+        (5 * 1024**4, "5.00 TiB"),
+        (2**63 - 1, "8.00 EiB"),
+    ],
+)
+def test_sizes_are_in_binary_units(size, text):
+    assert ui.format_size(size) == text
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(4 * GIB, "4 GiB"), (2.5 * GIB, "2.5 GiB"), (100 * GIB, "100 GiB")]
+)
+def test_axis_sizes_drop_trailing_zeros(size, text):
+    assert ui.format_size(int(size), trim=True) == text
+
+
+@pytest.mark.parametrize(
+    ("largest", "top"),
+    [
+        (0, 1),
+        (5, 5),
+        (90.6 * GIB, 100 * GIB),
+        (2.04 * GIB, 4 * GIB),
+        (212 * 1024**2, 400 * 1024**2),
+    ],
+)
+def test_size_axis_tops_are_round_numbers(largest, top):
+    assert ui.nice_size_ceiling(largest) == top
+
+
+@pytest.mark.parametrize(
+    ("largest", "top"),
+    [(0, 1), (9, 10), (62, 120), (1900, 3600), (90_000, 172_800), (10**6, 1_209_600)],
+)
+def test_duration_axis_tops_are_round_numbers(largest, top):
+    assert ui.nice_duration_ceiling(largest) == top
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0 s"),
+        (2.5, "2.5 s"),
+        (45, "45 s"),
+        (273, "4 min 33 s"),
+        (3720, "1 h 02 min"),
+        (120, "2 min"),
+        (7200, "2 h"),
+        (47 * 3600, "47 h"),
+        (3 * 86400 + 7200, "3 d 2 h"),
+        (2 * 86400, "2 d"),
+    ],
+)
+def test_durations_read_like_people_say_them(seconds, text):
+    assert ui.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("ago", "text"),
+    [
+        (-5, "in the future"),
+        (30, "just now"),
+        (600, "10 min ago"),
+        (7200, "2 h ago"),
+        (47 * 3600, "47 h ago"),
+        (5 * 86400, "5 d ago"),
+    ],
+)
+def test_ages_are_coarse(ago, text):
+    assert ui.format_age(1_000_000 - ago, 1_000_000) == text
