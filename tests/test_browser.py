@@ -1,0 +1,276 @@
+"""The dashboard in a real headless Chromium (Debian's package), driven by Playwright for Python.
+
+Each test starts the real server (`python app.py` under waitress) and talks to it as an
+operator's browser would: no Flask test client, no mocks. Playwright never downloads a browser:
+it is pointed at /usr/bin/chromium, which scripts/test.sh installs with apt.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import ROOT, make_run
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sample_runs import sample_runs
+
+from store import file_name_for
+
+CHROMIUM = "/usr/bin/chromium"
+# Root in a container needs --no-sandbox; the rest keep a closed network quiet and fast.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+RUNS = "/v1/backup-runs"
+XSS = "<img src=x onerror=alert(1)><script>alert(2)</script>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium for the module's tests; each test gets its own context."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Problems:
+    """Console errors and uncaught script errors a page reported; a test ends with none."""
+
+    def __init__(self, page: Page):
+        self.messages: list[str] = []
+        page.on(
+            "console",
+            lambda message: message.type == "error" and self.messages.append(message.text),
+        )
+        page.on("pageerror", lambda error: self.messages.append(str(error)))
+
+
+def open_page(browser: Browser, **context_options) -> tuple[Page, Problems]:
+    """Open a page in a fresh desktop-sized context; the caller closes its context."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_options)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    return page, Problems(page)
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page whose console must stay free of errors (a CSP refusal would show there)."""
+    page, problems = open_page(browser)
+    yield page
+    page.context.close()
+    assert problems.messages == []
+
+
+def post_runs(server, runs: list[dict], auth: tuple[str, str] | None = None) -> None:
+    """Report runs to the live server through the API."""
+    with requests.Session() as session:
+        session.auth = auth
+        for run in runs:
+            response = session.post(server.url + RUNS, json=run, timeout=10)
+            assert response.status_code == 201, response.text
+
+
+def run_exists(server, run_id: str, auth: tuple[str, str] | None = None) -> bool:
+    """Ask the API whether run_id is stored."""
+    path = requests.utils.quote(run_id, safe="/:")
+    response = requests.get(f"{server.url}{RUNS}/{path}", auth=auth, timeout=10)
+    assert response.status_code in (200, 404), response.text
+    return response.status_code == 200
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """Save a full-page screenshot into the git-ignored test-artifacts folder."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_overview_loads_and_filters(live_server_factory, page: Page):
+    server = live_server_factory()
+    post_runs(
+        server,
+        [
+            make_run("pg-1", bytes_backed_up=2 * 1024**3),
+            make_run("mail-1", job_name="mail-archive", agent_id="mx-01", status="failure"),
+            make_run("photos-1", job_name="photos", agent_id="nas-01", status="partial"),
+        ],
+    )
+    page.goto(server.url + "/")
+    expect(page).to_have_title("Overview · Backup Registry")
+    rows = page.locator("table.jobs tbody tr")
+    expect(rows).to_have_count(3)
+    # Problems first: the failed job, then the partial one.
+    expect(rows.first).to_contain_text("mail-archive")
+    expect(rows.first).to_contain_text("Failed")
+    expect(rows.nth(1)).to_contain_text("Partial")
+    expect(page.locator(".card-failure .card-count")).to_have_text("1")
+
+    page.locator("input[name=job]").fill("GRES")  # job names match case-insensitively
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("postgres-daily")
+    expect(rows.first).to_contain_text("2.00 GiB")
+
+    page.get_by_role("link", name="Clear").click()
+    page.locator("select[name=status]").select_option("failure,partial")  # submits on change
+    expect(page).to_have_url(re.compile(r"status=failure%2Cpartial"))
+    expect(rows).to_have_count(2)
+
+    page.get_by_role("link", name="Job", exact=True).click()  # sort by job name
+    expect(rows.first).to_contain_text("mail-archive")
+    expect(rows.nth(1)).to_contain_text("photos")
+    page.get_by_role("link", name="Job", exact=True).click()  # and the other way
+    expect(rows.first).to_contain_text("photos")
+
+
+def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, browser):
+    # Behind Basic auth with the localhost bypass off, as an operator on the LAN would be.
+    auth = ("operator", "s3cret pass")
+    server = live_server_factory(
+        {"AUTH_USER": auth[0], "AUTH_PASS": auth[1], "LOCALHOST_BYPASS": "0"}
+    )
+    run_id = "nightly/2026-05-12 01:00:00+02:00 50%"
+    post_runs(server, [make_run(run_id, error="tar: /srv: file changed as we read it")], auth)
+    assert requests.get(server.url + "/", timeout=10).status_code == 401
+
+    page, problems = open_page(browser, http_credentials={"username": auth[0], "password": auth[1]})
+    try:
+        page.goto(server.url + "/")
+        page.locator("table.jobs tbody tr").first.get_by_role("link", name="Success").click()
+        expect(page.get_by_role("heading", level=1)).to_contain_text(run_id)
+        expect(page.locator(".error-box pre")).to_have_text("tar: /srv: file changed as we read it")
+
+        dialogs: list[str] = []
+
+        def answer(accept: bool):
+            def handle(dialog) -> None:
+                dialogs.append(dialog.message)
+                dialog.accept() if accept else dialog.dismiss()
+
+            return handle
+
+        page.once("dialog", answer(False))
+        page.get_by_role("button", name="Delete run…").click()
+        expect(page.get_by_role("button", name="Delete run…")).to_be_enabled()
+        assert len(dialogs) == 1 and run_id in dialogs[0]
+        assert run_exists(server, run_id, auth)  # cancelled: nothing happened
+
+        page.once("dialog", answer(True))
+        page.get_by_role("button", name="Delete run…").click()
+        page.wait_for_url(re.compile(r"/\?deleted="))
+        expect(page.get_by_role("status")).to_contain_text(f"Run {run_id} was deleted.")
+        expect(page.get_by_text("No backup runs have been reported yet")).to_be_visible()
+        assert not run_exists(server, run_id, auth)
+    finally:
+        page.context.close()
+    assert problems.messages == []
+
+
+def test_another_sites_form_cannot_write_through_the_operators_browser(
+    live_server_factory, browser
+):
+    # The localhost bypass is on, so the server trusts this browser: only the Origin check
+    # stands between a page on another site and the store. A form cannot send DELETE, and a
+    # cross-origin fetch DELETE needs a CORS preflight this server never grants, so a POST
+    # is what an attacker's page can send; the API tests check DELETE with a foreign Origin.
+    server = live_server_factory()
+    evil_origin = "http://localhost:9"
+    forged = make_run("forged")
+    # A text/plain form body is 'name=value': split the JSON so that the '=' lands in a string.
+    text = json.dumps({**forged, "pad": ""})[:-2]
+    attack = f"""<!doctype html><title>cute cats</title>
+    <form method="post" enctype="text/plain" action="{server.url}{RUNS}">
+      <input name="{html.escape(text)}" value="{html.escape('"}')}">
+    </form>
+    <script>document.forms[0].submit()</script>"""
+    page, _ = open_page(browser)  # the refusal is logged to the console: that is expected
+    try:
+        page.route(
+            evil_origin + "/**",
+            lambda route: route.fulfill(status=200, content_type="text/html", body=attack),
+        )
+        page.goto(evil_origin + "/cats.html")
+        page.wait_for_url(server.url + RUNS)
+        expect(page.locator("body")).to_contain_text("cross-site request refused")
+    finally:
+        page.context.close()
+    assert not run_exists(server, "forged")
+    # The same body from a script (no Origin) is a valid report: the refusal was the Origin's.
+    assert requests.post(server.url + RUNS, data=text + '="}', timeout=10).status_code == 201
+
+
+def test_script_in_a_job_name_shows_as_text(live_server_factory, page: Page):
+    server = live_server_factory()
+    post_runs(server, [make_run("xss", job_name=XSS, agent_id=XSS, status="failure", error=XSS)])
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    page.goto(server.url + "/")
+    expect(page.locator("table.jobs tbody th").first).to_have_text(XSS)
+    page.get_by_role("link", name=XSS).click()  # the job's history
+    expect(page.get_by_role("heading", level=1)).to_have_text(XSS)
+    page.locator("table.runs tbody td.run-id a").click()
+    expect(page.locator(".error-box pre")).to_have_text(XSS)
+    expect(page.locator(".fields dd").nth(1)).to_have_text(XSS)  # the agent
+
+    assert page.locator("img[src=x], main script").count() == 0
+    assert dialogs == []
+
+
+def write_runs(store_dir: Path, runs: list[dict]) -> None:
+    """Lay run files into a store folder before the server starts, as rsync would."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for run in runs:
+        text = json.dumps({**run, "received_at": received}, ensure_ascii=False, indent=2)
+        (store_dir / file_name_for(run["run_id"])).write_text(text + "\n", encoding="utf-8")
+
+
+def test_screenshots_of_a_realistic_registry(live_server_factory, browser, tmp_path):
+    write_runs(tmp_path / "store", sample_runs(datetime.now(UTC)))
+    server = live_server_factory(store_dir=tmp_path / "store")
+    page, problems = open_page(browser, color_scheme="light")
+    try:
+        page.goto(server.url + "/")
+        expect(page.locator("table.jobs tbody tr")).to_have_count(7)
+        shots = [screenshot(page, "overview.png")]
+
+        page.get_by_role("link", name="gitea-dump").click()
+        expect(page.locator("svg.history-chart")).to_be_visible()
+        shots.append(screenshot(page, "history.png"))
+
+        page.goto(server.url + "/job?job_name=nextcloud-data&agent_id=files-01")
+        page.locator("table.runs tbody td.run-id a").first.click()
+        expect(page.locator(".error-box")).to_be_visible()
+        shots.append(screenshot(page, "run.png"))
+
+        # The same pages on a phone, in dark mode.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.emulate_media(color_scheme="dark")
+        page.goto(server.url + "/")
+        shots.append(screenshot(page, "overview-phone-dark.png"))
+        page.goto(server.url + "/job?job_name=photos-offsite&agent_id=nas-01")
+        shots.append(screenshot(page, "history-phone-dark.png"))
+        # Nothing may stick out sideways on a phone but the chart's own scroller.
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= 390
+    finally:
+        page.context.close()
+    assert problems.messages == []
+    assert all(shot.stat().st_size > 10_000 for shot in shots)
