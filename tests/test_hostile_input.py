@@ -460,3 +460,61 @@ def test_slow_clients_at_the_connection_limit_only_delay_others(live_server_fact
     finally:
         for sock in slow:
             sock.close()
+
+
+# --- scripts in every field the dashboard shows ----------------------------------------------
+
+SCRIPT = "<script>alert(1)</script>"
+ATTRIBUTE = '"><img src=x onerror=alert(2)>'
+SINGLE = "'><svg onload=alert(3)>"
+URL = 'https://example.org/"onmouseover="alert(4)"><script>alert(5)</script>'
+PAYLOADS = (SCRIPT, ATTRIBUTE, SINGLE, URL, '"onmouseover="')
+HOSTILE_RUN = make_run(
+    f"run-{SCRIPT}",
+    job_name=f"job{ATTRIBUTE}",
+    agent_id=f"agent{SINGLE}",
+    status="failure",
+    error=f"failed: {SCRIPT} {ATTRIBUTE} {SINGLE}",
+    backup_url=URL,
+    encryption_status="failed",
+    metadata={SCRIPT: ATTRIBUTE, "note": [SINGLE]},
+)
+
+
+def test_scripts_in_every_shown_field_are_escaped(make_client):
+    client = make_client(API_TOKENS="")
+    assert client.post(RUNS, json=HOSTILE_RUN).status_code == 201
+    job, agent = HOSTILE_RUN["job_name"], HOSTILE_RUN["agent_id"]
+    pages = [
+        "/",
+        f"/?job={quote(job)}&agent={quote(agent)}",
+        f"/?q={quote(SCRIPT)}",
+        f"/run/{quote(HOSTILE_RUN['run_id'], safe='')}",
+        f"/job?job_name={quote(job)}&agent_id={quote(agent)}",
+        f"/run/{quote(SCRIPT, safe='')}",  # not found: the id is echoed back
+        "/docs",
+    ]
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code in (200, 404), page
+        assert response.mimetype == "text/html", page
+        assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+        for payload in PAYLOADS:
+            assert payload not in response.text, (page, payload)
+        assert "<script>alert" not in response.text
+    run_page = client.get(pages[3]).text
+    # The fields are shown, escaped, not left out.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in run_page
+    assert "onerror=alert(2)" in run_page and "onload=alert(3)" in run_page
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "data:text/html,<script>alert(1)</script>", "//evil.example/"]
+)
+def test_a_backup_url_that_is_not_http_is_refused(make_client, url):
+    client = make_client(API_TOKENS="")
+
+    response = client.post(RUNS, json=make_run(backup_url=url))
+
+    assert response.status_code == 400
+    assert response.json["error"].startswith("backup_url: ")
