@@ -77,8 +77,8 @@ class JobRow:
     agent_id: str
     latest: RunSummary
     run_count: int
-    # Set from job monitoring (jobs.py) when wired: a state such as "late", flags such as
-    # "size_drop". The templates show the column and badges only when a row has them.
+    # From job monitoring (jobs.py), copied in per request by with_monitoring: a state such
+    # as "late", flags such as "size_drop". The cached rows keep the defaults.
     state: str | None = None
     flags: tuple[str, ...] = field(default_factory=tuple)
 
