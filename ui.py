@@ -492,22 +492,23 @@ def overview() -> tuple[str, int]:
 
 def example_curl() -> str:
     """Return a curl command that reports one run to this server."""
-    started = request_now().replace(microsecond=0)
-    report = {
-        "run_id": f"first-run-{started:%Y%m%d%H%M%S}",
-        "job_name": "postgres-daily",
-        "agent_id": "db-01",
-        "start_time": (started - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "end_time": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "status": "success",
-        "bytes_backed_up": 1073741824,
-        "encrypted": True,
-    }
+    ended = request_now().replace(microsecond=0)
+    # A few short lines rather than one long one: a shell string may span lines.
+    field_lines = [
+        {"run_id": f"first-run-{ended:%Y%m%d%H%M%S}", "job_name": "postgres-daily"},
+        {"agent_id": "db-01", "status": "success"},
+        {
+            "start_time": (ended - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end_time": ended.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        {"bytes_backed_up": 1073741824, "encrypted": True},
+    ]
+    body = ",\n       ".join(json.dumps(fields)[1:-1] for fields in field_lines)
     auth = '  -H "Authorization: Bearer $TOKEN" \\\n' if current_app.config["API_TOKENS"] else ""
     return (
         f"curl -sS -X POST {request.url_root}v1/backup-runs \\\n{auth}"
         "  -H 'Content-Type: application/json' \\\n"
-        f"  -d '{json.dumps(report)}'"
+        f"  -d '{{{body}}}'"
     )
 
 

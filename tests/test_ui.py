@@ -70,8 +70,20 @@ def test_empty_store_says_so_and_shows_the_curl_that_reports_a_run(client):
     assert "No backup runs have been reported yet" in text
     command = html.unescape(re.search(r"<pre[^>]*><code>(.*?)</code></pre>", text, re.S)[1])
     assert command.startswith("curl -sS -X POST http://localhost/v1/backup-runs")
-    assert '"job_name": "postgres-daily"' in command
     assert 'class="jobs' not in text
+    # The command works: its body is a valid report, and the job then shows up.
+    body = re.search(r"-d '(.*)'$", command, re.S)[1]
+    assert client.post(RUNS, data=body).status_code == 201
+    assert job_order(page(client, "/")) == ["postgres-daily"]
+
+
+def test_empty_state_curl_carries_a_token_header_when_tokens_are_set(app_config):
+    application = app_module.create_app({**app_config, "API_TOKENS": "t0ken"})
+    try:
+        text = page(application.test_client(), "/")
+        assert "-H &#34;Authorization: Bearer $TOKEN&#34; \\" in text
+    finally:
+        application.extensions["store"].close()
 
 
 def test_each_job_shows_its_latest_run_by_end_time(client):
