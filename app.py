@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 import json
@@ -68,18 +69,18 @@ class ConfigError(Exception):
 SETTINGS: dict[str, tuple[object, Callable[[str], object]]] = {}
 
 
+def _whole_number(text: str, low: int, high: int) -> int:
+    if not (text.strip().isascii() and text.strip().isdigit()) or not low <= int(text) <= high:
+        raise ValueError(f"must be a whole number from {low} to {high}")
+    return int(text)
+
+
 def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError("must be 0 to 65535")
-    return port
+    return _whole_number(text, 0, 65535)
 
 
 def _positive(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise ValueError("must be a positive whole number")
-    return number
+    return _whole_number(text, 1, 1_000_000)
 
 
 def _flag(text: str) -> bool:
@@ -307,14 +308,23 @@ class RunValidator:
         return f"{field}: {error.message}"
 
 
+@functools.cache
+def shared_validator() -> RunValidator:
+    """Return the one RunValidator of this process: schema.json is read and checked once."""
+    return RunValidator()
+
+
 # --- auth ------------------------------------------------------------------------------------
 
 
 def _is_loopback(address: str | None) -> bool:
     try:
-        return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
+        peer = ipaddress.ip_address((address or "").split("%")[0])
     except ValueError:
         return False
+    # On a dual-stack socket an IPv4 client shows as ::ffff:127.0.0.1.
+    mapped = getattr(peer, "ipv4_mapped", None)
+    return (mapped or peer).is_loopback
 
 
 def _matches(candidate: str, secrets: tuple[str, ...]) -> bool:
@@ -416,7 +426,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     app.config.setdefault("CLOCK", lambda: datetime.now(UTC))
     app.json.sort_keys = False
-    app.extensions["validator"] = RunValidator()
+    app.extensions["validator"] = shared_validator()
     app.extensions["store"] = RunStore(config["STORE_DIR"], watch=config["WATCH_STORE"])
 
     register_hooks(app)
@@ -660,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         config["PORT"],
         store.watching,
     )
+
     proxy = {}
     if config["TRUSTED_PROXY"]:
         proxy = {

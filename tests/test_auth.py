@@ -108,7 +108,7 @@ def test_health_needs_no_credentials(client):
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1"])
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
 def test_loopback_peer_needs_no_credentials(client, peer):
     response = client.post(RUNS, json=make_run(), environ_base={"REMOTE_ADDR": peer})
 
