@@ -77,7 +77,9 @@ def test_a_bad_waitress_setting_stops_the_start(served, flag, capsys):
     code, kwargs = served(flag, "0")
 
     assert code == 2 and kwargs is None
-    assert re.search(r"^backup-registry: .*must be a whole number from 1 ", capsys.readouterr().err, re.M)
+    assert re.search(
+        r"^backup-registry: .*must be a whole number from 1 ", capsys.readouterr().err, re.M
+    )
 
 
 def test_body_limit_is_a_setting(tmp_path):
