@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import heapq
 import json
 import logging
@@ -212,23 +213,22 @@ class RunSummary:
         """The job this run belongs to: (job_name, agent_id)."""
         return (self.job_name, self.agent_id)
 
-    _SNAPSHOT_FIELDS = (
-        "run_id",
-        "received_us",
-        "job_name",
-        "agent_id",
-        "status",
-        "start_ts",
-        "end_ts",
-        "bytes_backed_up",
-        "encrypted",
-        "encryption_status",
-        "error",
-    )
-
     def snapshot_row(self) -> list:
         """Return this summary as a JSON-able row for the index snapshot."""
-        return [*self.signature, *(getattr(self, field) for field in self._SNAPSHOT_FIELDS)]
+        return [
+            *self.signature,
+            self.run_id,
+            self.received_us,
+            self.job_name,
+            self.agent_id,
+            self.status,
+            self.start_ts,
+            self.end_ts,
+            self.bytes_backed_up,
+            self.encrypted,
+            self.encryption_status,
+            self.error,
+        ]
 
     @classmethod
     def from_snapshot_row(cls, row: list) -> RunSummary:
@@ -680,7 +680,21 @@ class RunStore:
                     self._remove(gone)
 
     def _load_all(self) -> None:
-        """Build the index from nothing, then sort each list once.
+        """Build the index from nothing, with the cyclic garbage collector paused meanwhile.
+
+        Loading makes a few objects per run and frees almost none, so each collection the
+        allocations would trigger is wasted work: at 100,000 runs, about a third of the load.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_all_files()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _load_all_files(self) -> None:
+        """Index every run file, then sort each list once.
 
         Files whose stat signature matches the index snapshot are taken from it; every other
         file is read. Adding a million keys one by one to sorted lists would cost several
@@ -710,10 +724,16 @@ class RunStore:
         summaries.sort(key=attrgetter("key"))
         postings: dict[str, dict] = {field: {} for field in self._postings}
         jobs: dict[tuple[str, str], dict[str, RunSummary]] = {}
-        for summary in summaries:
-            for field, value in self._posting_values(summary):
-                postings[field].setdefault(value, []).append(summary.key)
-            jobs.setdefault(summary.job, {})[summary.run_id] = summary
+        by_job_name, by_agent = postings["job_name"], postings["agent_id"]
+        by_status, by_encryption = postings["status"], postings["enc"]
+        for summary in summaries:  # the loop _posting_values() describes, unrolled for speed
+            key = summary.key
+            by_job_name.setdefault(summary.job_name, []).append(key)
+            by_agent.setdefault(summary.agent_id, []).append(key)
+            by_status.setdefault(summary.status, []).append(key)
+            if summary.encrypted is not None:
+                by_encryption.setdefault(summary.encrypted, []).append(key)
+            jobs.setdefault((summary.job_name, summary.agent_id), {})[summary.run_id] = summary
         with self._lock:
             self._runs = {summary.run_id: summary for summary in summaries}
             self._order = SortedList(summary.key for summary in summaries)
