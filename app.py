@@ -80,7 +80,7 @@ def _port(text: str) -> int:
 
 
 def _positive(text: str) -> int:
-    return _whole_number(text, 1, 1_000_000)
+    return _whole_number(text, 1, 2**31 - 1)
 
 
 def _flag(text: str) -> bool:
