@@ -43,6 +43,8 @@ STALE_TEMP_SECONDS = 600
 MAX_FILE_NAME_BYTES = 255
 RAW_CACHE_ENTRIES = 10_000  # JSON of the runs listed or saved most recently; a few MB
 FILE_MODE = 0o644  # the umask still applies, so an operator can narrow it
+# The index keeps a sorted list of keys for each value of these (see RunStore._select).
+POSTING_FIELDS = ("job_name", "agent_id", "status", "job_status", "agent_status", "enc")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
@@ -310,7 +312,7 @@ class RunStore:
         self._raw_cache: OrderedDict[str, tuple[tuple, bytes]] = OrderedDict()
         self._order = SortedList()
         # Posting lists: field -> value -> SortedList of keys, for fast filtered listings.
-        self._postings: dict[str, dict] = {"job_name": {}, "agent_id": {}, "status": {}, "enc": {}}
+        self._postings: dict[str, dict] = {field: {} for field in POSTING_FIELDS}
         self._jobs: dict[tuple[str, str], dict[str, RunSummary]] = {}
         self._job_versions: dict[tuple[str, str], int] = {}
         self._version = 0
@@ -542,20 +544,33 @@ class RunStore:
         The scan is driven by the smallest posting list a filter allows; the other filters
         are checked on each candidate. Caller holds the lock.
         """
-        groups: list[tuple[str, list[SortedList]]] = []
+        postings = self._postings
+        # Each candidate source: (the filters it settles, the posting lists to merge).
+        groups: list[tuple[set[str], list[SortedList | None]]] = []
         if query.job_name is not None:
-            groups.append(("job_name", [self._postings["job_name"].get(query.job_name)]))
+            groups.append(({"job_name"}, [postings["job_name"].get(query.job_name)]))
         if query.agent_id is not None:
-            groups.append(("agent_id", [self._postings["agent_id"].get(query.agent_id)]))
+            groups.append(({"agent_id"}, [postings["agent_id"].get(query.agent_id)]))
         if query.statuses:
-            groups.append(("status", [self._postings["status"].get(s) for s in query.statuses]))
+            groups.append(({"status"}, [postings["status"].get(s) for s in query.statuses]))
+            # A job's or agent's runs of one status are a list of their own, so "job X's
+            # failures" is counted by bisection instead of a scan of all of job X's runs.
+            if query.job_name is not None:
+                lists = [postings["job_status"].get((query.job_name, s)) for s in query.statuses]
+                groups.append(({"job_name", "status"}, lists))
+            if query.agent_id is not None:
+                lists = [postings["agent_status"].get((query.agent_id, s)) for s in query.statuses]
+                groups.append(({"agent_id", "status"}, lists))
         if query.encrypted is not None:
-            groups.append(("enc", [self._postings["enc"].get(query.encrypted)]))
-        groups = [(field, [keys for keys in lists if keys]) for field, lists in groups]
-        if groups:
-            driver, sources = min(groups, key=lambda group: sum(map(len, group[1])))
+            groups.append(({"enc"}, [postings["enc"].get(query.encrypted)]))
+        candidates = [(covered, [keys for keys in lists if keys]) for covered, lists in groups]
+        if candidates:
+            # Fewest keys to walk first; of equals, the one that settles more filters.
+            driver, sources = min(
+                candidates, key=lambda group: (sum(map(len, group[1])), -len(group[0]))
+            )
         else:
-            driver, sources = None, [self._order]
+            driver, sources = set(), [self._order]
         predicate = self._predicate(query, skip=driver)
         ranges = [self._key_range(source, query) for source in sources]
         wanted = query.limit + 1
@@ -596,15 +611,15 @@ class RunStore:
         return start, max(start, stop)
 
     @staticmethod
-    def _predicate(query: RunQuery, skip: str | None) -> Callable[[RunSummary], bool] | None:
+    def _predicate(query: RunQuery, skip: set[str]) -> Callable[[RunSummary], bool] | None:
         checks: list[Callable[[RunSummary], bool]] = []
-        if query.job_name is not None and skip != "job_name":
+        if query.job_name is not None and "job_name" not in skip:
             checks.append(lambda s: s.job_name == query.job_name)
-        if query.agent_id is not None and skip != "agent_id":
+        if query.agent_id is not None and "agent_id" not in skip:
             checks.append(lambda s: s.agent_id == query.agent_id)
-        if query.statuses and skip != "status":
+        if query.statuses and "status" not in skip:
             checks.append(lambda s: s.status in query.statuses)
-        if query.encrypted is not None and skip != "enc":
+        if query.encrypted is not None and "enc" not in skip:
             checks.append(lambda s: s.encrypted is query.encrypted)
         if query.text:
             needle = query.text.casefold()
@@ -664,6 +679,8 @@ class RunStore:
         yield "job_name", summary.job_name
         yield "agent_id", summary.agent_id
         yield "status", summary.status
+        yield "job_status", (summary.job_name, summary.status)
+        yield "agent_status", (summary.agent_id, summary.status)
         if summary.encrypted is not None:
             yield "enc", summary.encrypted
 
@@ -728,15 +745,10 @@ class RunStore:
         summaries.sort(key=attrgetter("key"))
         postings: dict[str, dict] = {field: {} for field in self._postings}
         jobs: dict[tuple[str, str], dict[str, RunSummary]] = {}
-        by_job_name, by_agent = postings["job_name"], postings["agent_id"]
-        by_status, by_encryption = postings["status"], postings["enc"]
-        for summary in summaries:  # the loop _posting_values() describes, unrolled for speed
+        for summary in summaries:
             key = summary.key
-            by_job_name.setdefault(summary.job_name, []).append(key)
-            by_agent.setdefault(summary.agent_id, []).append(key)
-            by_status.setdefault(summary.status, []).append(key)
-            if summary.encrypted is not None:
-                by_encryption.setdefault(summary.encrypted, []).append(key)
+            for field, value in self._posting_values(summary):
+                postings[field].setdefault(value, []).append(key)
             jobs.setdefault((summary.job_name, summary.agent_id), {})[summary.run_id] = summary
         with self._lock:
             self._runs = {summary.run_id: summary for summary in summaries}

@@ -272,3 +272,29 @@ def test_young_signatures_are_not_trusted(store_dir):
     assert [s.signature[1:3] for s in store.summaries()] == [
         (path.stat().st_size, path.stat().st_mtime_ns)
     ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"job_name": "db", "statuses": ("failure",)},
+        {"agent_id": "h2", "statuses": ("success", "partial")},
+        {"job_name": "files", "agent_id": "h1", "statuses": ("failure",)},
+        {"statuses": ("partial",), "encrypted": True},
+    ],
+)
+def test_a_restarted_store_answers_like_the_one_that_wrote_the_runs(store_dir, query):
+    """The start-up bulk load builds the same posting lists as one write at a time."""
+    writer = RunStore(store_dir, watch=False)
+    statuses = ["success", "failure", "partial"]
+    for number in range(60):
+        run = run_record(f"r{number:02d}", ["db", "files"][number % 2], statuses[number % 3], 0, 1)
+        run["received_at"] = f"2026-05-12T03:00:{number:02d}.000000Z"
+        run["agent_id"] = ["h1", "h2"][number % 5 % 2]
+        run["encrypted"] = number % 4 == 0
+        writer.save(run)
+    restarted = RunStore(store_dir, watch=False)
+    for store in (writer, restarted):
+        page = store.list_runs(RunQuery(**query, limit=1000))
+        assert page.total == len(page.runs) > 0
+    assert writer.list_runs(RunQuery(**query)).runs == restarted.list_runs(RunQuery(**query)).runs
