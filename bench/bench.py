@@ -301,7 +301,8 @@ def bench_size(size: int, workdir: Path, args: argparse.Namespace, use_wrk: bool
         print(f"  laid down {size} runs in {time.perf_counter() - began:.1f} s", flush=True)
     # The first start sees the store as rsync left it, with no index snapshot beside it; the
     # later ones restart from the snapshot the previous stop saved.
-    (store.parent / f".{store.name}.index-snapshot").unlink(missing_ok=True)
+    if not args.keep_snapshot:
+        (store.parent / f".{store.name}.index-snapshot").unlink(missing_ok=True)
     server = Server(store, args.threads)
     first_start = server.cold_start
     restarts = []
@@ -405,6 +406,11 @@ def main() -> int:
     parser.add_argument("--post-seconds", type=float, default=10, help="0 skips the POST measure")
     parser.add_argument("--cold-repeats", type=int, default=3, help="restarts per size (median)")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument(
+        "--keep-snapshot",
+        action="store_true",
+        help="let the first start use an index snapshot left by an earlier run",
+    )
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     parser.add_argument("--csv", type=Path, help="write the rows to this CSV file")
     parser.add_argument("--plot", type=Path, help="write a PNG of latency against store size")
