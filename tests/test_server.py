@@ -259,7 +259,7 @@ def readme_wrapper() -> str:
     ("command", "exit_code", "status", "error"),
     [
         (["true"], 0, "success", None),
-        (["sh", "-c", "echo disk full >&2; exit 3"], 1, "failure", "disk full"),
+        (["sh", "-c", "echo disk full >&2; exit 3"], 3, "failure", "disk full"),
     ],
 )
 def test_readme_wrapper_reports_the_run(tmp_path, server, command, exit_code, status, error):
@@ -272,7 +272,8 @@ def test_readme_wrapper_reports_the_run(tmp_path, server, command, exit_code, st
         ["sh", str(script), job, *command], env=env, capture_output=True, timeout=30
     )
 
-    assert (result.returncode, result.stderr) == (exit_code, b"")
+    # The command's own exit code and error output pass through, for cron's mail.
+    assert (result.returncode, result.stderr.decode().strip()) == (exit_code, error or "")
     with requests.get(f"{server.url}{RUNS}?job_name={job}", timeout=10) as listed:
         [run] = listed.json()
     assert (run["status"], run["error"]) == (status, error)
