@@ -195,9 +195,9 @@ class RunSummary:
             raise ValueError("bytes_backed_up is not an integer")
         self.run_id = run_id
         # Interning shares one copy of each job and agent name across a million runs.
-        self.job_name = _intern(run["job_name"])
-        self.agent_id = _intern(run["agent_id"])
-        self.status = _intern(run["status"])
+        self.job_name = sys.intern(run["job_name"])
+        self.agent_id = sys.intern(run["agent_id"])
+        self.status = sys.intern(run["status"])
         self.start_ts = parse_timestamp(run.get("start_time")).timestamp()
         self.end_ts = parse_timestamp(run.get("end_time")).timestamp()
         self.received_us = to_micros(parse_timestamp(run.get("received_at")))
@@ -254,14 +254,10 @@ class RunSummary:
             summary.error,
         ) = row
         summary.signature = (ino, size, mtime_ns, ctime_ns)
-        summary.job_name, summary.agent_id = _intern(job_name), _intern(agent_id)
-        summary.status = _intern(status)
+        summary.job_name, summary.agent_id = sys.intern(job_name), sys.intern(agent_id)
+        summary.status = sys.intern(status)
         summary.key = (-summary.received_us, summary.run_id)
         return summary
-
-
-def _intern(text: str) -> str:
-    return sys.intern(text)
 
 
 @dataclass
@@ -450,26 +446,28 @@ class RunStore:
     def _read_raw(self, run_id: str, name: str) -> tuple[tuple, bytes]:
         """Read a run file and check it holds that run; return (signature, JSON bytes)."""
         try:
-            fd = os.open(os.path.join(self._path, name), os.O_RDONLY | os.O_CLOEXEC)
+            signature, raw = self._read_file(name)
         except FileNotFoundError:
             raise RunNotFound(run_id) from None
         except OSError as exc:
             raise _store_error(exc, "read") from exc
         try:
-            st = os.fstat(fd)
-            raw = os.read(fd, st.st_size + 1)
-        except OSError as exc:
-            raise _store_error(exc, "read") from exc
-        finally:
-            os.close(fd)
-        try:
             run = json.loads(raw)
         except ValueError:
             run = None
         if not isinstance(run, dict) or run.get("run_id") != run_id:
-            self._warn_once(name, _file_signature(st), "skipped, not a valid run")
+            self._warn_once(name, signature, "skipped, not a valid run")
             raise RunNotFound(run_id)
-        return _file_signature(st), raw.rstrip()
+        return signature, raw.rstrip()
+
+    def _read_file(self, name: str) -> tuple[tuple, bytes]:
+        """Read a file of the folder whole; return (its stat signature as read, its bytes)."""
+        fd = os.open(os.path.join(self._path, name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            return _file_signature(st), os.read(fd, st.st_size + 1)
+        finally:
+            os.close(fd)
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
@@ -795,31 +793,21 @@ class RunStore:
 
     def _read_summary(self, name: str, run_id: str) -> RunSummary | None:
         """Read one run file into a summary; warn once and return None if it is not a run."""
-        path = os.path.join(self._path, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            signature, raw = self._read_file(name)
         except FileNotFoundError:
             return None  # removed while we looked; its delete event or the next scan drops it
         except OSError as exc:
             log.warning("cannot read %s: %s", name, exc.strerror)
             return None
         try:
-            st = os.fstat(fd)
-            signature = _file_signature(st)
-            raw = os.read(fd, st.st_size + 1)
             run = json.loads(raw)
             if not isinstance(run, dict):
                 raise ValueError("not a JSON object")
-            summary = RunSummary(run, run_id, signature)
+            return RunSummary(run, run_id, signature)
         except (ValueError, TypeError, RecursionError) as exc:
             self._warn_once(name, signature, f"skipped, not a valid run: {exc}")
             return None
-        except OSError as exc:
-            log.warning("cannot read %s: %s", name, exc.strerror)
-            return None
-        finally:
-            os.close(fd)
-        return summary
 
     @staticmethod
     def _forget_if_racy(summary: RunSummary, scan_started_ns: int | None) -> None:
