@@ -13,6 +13,7 @@ import gc
 import heapq
 import json
 import logging
+import multiprocessing
 import os
 import re
 import select
@@ -20,11 +21,13 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import compress, islice
 from operator import attrgetter
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -297,6 +300,137 @@ def _file_signature(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _read_file(folder: str, name: str) -> tuple[tuple, bytes]:
+    """Read a file of folder whole; return (its stat signature as read, its bytes)."""
+    fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        return _file_signature(st), os.read(fd, st.st_size + 1)
+    finally:
+        os.close(fd)
+
+
+class _NotARun(ValueError):
+    """A file of the folder that holds no valid run; carries the stat signature it had."""
+
+    def __init__(self, signature: tuple, reason: str):
+        super().__init__(f"skipped, not a valid run: {reason}")
+        self.signature = signature
+
+
+def _read_summary(folder: str, name: str, run_id: str) -> RunSummary:
+    """Read one run file into a summary; raise _NotARun, or OSError if it cannot be read."""
+    signature, raw = _read_file(folder, name)
+    try:
+        run = json.loads(raw)
+        if not isinstance(run, dict):
+            raise ValueError("not a JSON object")
+        return RunSummary(run, run_id, signature)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _NotARun(signature, str(exc)) from None
+
+
+# --- loading a large folder in several processes ---------------------------------------------
+
+# Below this many run files, a start checks them in this process: worker processes cost more
+# to start than they save.
+PARALLEL_LOAD_MIN_FILES = 20_000
+MAX_LOAD_WORKERS = 4
+
+# (folder, entries, snapshot) of the load in progress; forked loader processes inherit it.
+_load_job: tuple[str, list[tuple[str, str]], dict[str, list]] | None = None
+
+
+def _check_files(
+    folder: str, entries: list[tuple[str, str]], snapshot: dict[str, list], start: int, stop: int
+) -> tuple[int, bytes, list[list], list[tuple]]:
+    """Check entries[start:stop] of a folder listing against the index snapshot.
+
+    Returns (start, kept, rows, problems): kept has a 1 for each file whose snapshot row still
+    holds (same stat signature), rows are snapshot rows for the files that had to be read, and
+    problems are (name, signature or None, message) for files that hold no run or cannot be
+    read. Plain data only, so that it can come back from a loader process cheaply.
+    """
+    kept = bytearray(stop - start)
+    rows: list[list] = []
+    problems: list[tuple] = []
+    for index in range(start, stop):
+        name, run_id = entries[index]
+        remembered = snapshot.get(run_id)
+        if remembered is not None:
+            try:
+                signature = _file_signature(os.stat(os.path.join(folder, name)))
+            except OSError:
+                signature = None
+            if tuple(remembered[:4]) == signature:
+                kept[index - start] = 1
+                continue
+        try:
+            rows.append(_read_summary(folder, name, run_id).snapshot_row())
+        except FileNotFoundError:
+            pass  # removed while we looked; the watcher drops it
+        except _NotARun as exc:
+            problems.append((name, exc.signature, str(exc)))
+        except OSError as exc:
+            problems.append((name, None, f"cannot read: {exc.strerror}"))
+    # Newest first, as the index sorts them: sorted chunks make the caller's sort a cheap merge.
+    rows.sort(key=_snapshot_row_key)
+    return start, bytes(kept), rows, problems
+
+
+def _snapshot_row_key(row: list) -> tuple[int, str]:
+    return (-row[5], row[4])
+
+
+def _check_files_in_worker(start: int, stop: int) -> tuple[int, bytes, list[list], list[tuple]]:
+    """_check_files on the load job this loader process inherited when it was forked."""
+    return _check_files(*_load_job, start, stop)
+
+
+def load_worker_count() -> int:
+    """How many loader processes a start may use: one per CPU this process may run on."""
+    return min(len(os.sched_getaffinity(0)), MAX_LOAD_WORKERS)
+
+
+def _check_folder(
+    folder: str, entries: list[tuple[str, str]], snapshot: dict[str, list]
+) -> Iterator[tuple[int, bytes, list[list], list[tuple]]]:
+    """_check_files over every entry, in order and in chunks, shared among forked processes.
+
+    Why processes: a first start reads and parses every file, and a restart stats every file;
+    both are CPU work under the GIL (about 25 and 6 microseconds a file here), so threads would
+    not help. Forked children see the listing and the snapshot without copying them, and send
+    back only plain rows, which the caller turns into summaries while they go on. Forking is
+    safe here because it happens at start, before the watcher or the server start a thread.
+    If the pool fails (no fork, a worker killed), the chunks not yet checked are checked in
+    this process: it costs time, never correctness.
+    """
+    global _load_job
+    count = len(entries)
+    checked = 0
+    workers = load_worker_count()
+    if workers > 1 and count >= PARALLEL_LOAD_MIN_FILES:
+        chunk = max(1_000, count // (workers * 8))
+        _load_job = (folder, entries, snapshot)
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                futures = [
+                    pool.submit(_check_files_in_worker, start, min(start + chunk, count))
+                    for start in range(0, count, chunk)
+                ]
+                for future in futures:
+                    result = future.result()
+                    checked += len(result[1])
+                    yield result
+        except (OSError, BrokenProcessPool) as exc:
+            log.warning("loader processes failed (%s); loading the rest in one process", exc)
+        finally:
+            _load_job = None
+    if checked < count:
+        yield _check_files(folder, entries, snapshot, checked, count)
+
+
 class RunStore:
     """Runs kept as `<run_id>.json` in one folder, with an index kept true to that folder."""
 
@@ -317,7 +451,6 @@ class RunStore:
         self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
         self._open_directory()
-        self.sweep_temp_files()
         # Watch before the first scan, so that nothing changed during the scan is missed.
         if watch:
             self._watcher = _Watcher(self)
@@ -357,20 +490,25 @@ class RunStore:
         """How outside changes are followed: 'inotify', 'polling' or 'off'."""
         return self._watcher.mode if self._watcher else "off"
 
-    def sweep_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> int:
-        """Remove our own temp files left by a crash, if older than older_than seconds."""
+    def sweep_temp_files(
+        self, older_than: float = STALE_TEMP_SECONDS, names: list[str] | None = None
+    ) -> int:
+        """Remove our own temp files left by a crash, if older than older_than seconds.
+
+        names, if given, is a listing of the folder just made, to save listing it again.
+        """
         removed = 0
         cutoff = time.time() - older_than
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX)):
-                    continue
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        os.unlink(entry.path)
-                        removed += 1
-                except FileNotFoundError:
-                    pass  # another process swept it first
+        for name in self._list_folder() if names is None else names:
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                continue
+            path = os.path.join(self._path, name)
+            try:
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                pass  # another process swept it first
         if removed:
             log.info("removed %d stale temp file(s) from %s", removed, self.directory)
         return removed
@@ -462,12 +600,7 @@ class RunStore:
 
     def _read_file(self, name: str) -> tuple[tuple, bytes]:
         """Read a file of the folder whole; return (its stat signature as read, its bytes)."""
-        fd = os.open(os.path.join(self._path, name), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            return _file_signature(st), os.read(fd, st.st_size + 1)
-        finally:
-            os.close(fd)
+        return _read_file(self._path, name)
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
@@ -716,38 +849,45 @@ class RunStore:
         """Index every run file, then sort each list once.
 
         Files whose stat signature matches the index snapshot are taken from it; every other
-        file is read. Adding a million keys one by one to sorted lists would cost several
+        file is read. In a large folder both jobs are shared among loader processes (see
+        _check_folder). Adding a million keys one by one to sorted lists would cost several
         times more than sorting them in one go.
         """
         scan_started = time.time_ns()
+        names = self._list_folder()
+        self.sweep_temp_files(names=names)
+        entries = [(name, run_id) for name in names if (run_id := self._run_id_of(name))]
         snapshot = self._snapshot.load()
-        summaries = []
-        self.files_read_at_start = 0
-        for name, run_id in self._run_files():
-            remembered = snapshot.get(run_id)
-            if remembered is not None:
-                try:
-                    signature = _file_signature(os.stat(f"{self._path}/{name}"))
-                except OSError:
-                    signature = None
-                if tuple(remembered[:4]) == signature:
-                    summaries.append(RunSummary.from_snapshot_row(remembered))
-                    continue
-            self.files_read_at_start += 1
-            summary = self._read_summary(name, run_id)
-            if summary is not None:
+        kept: set[str] = set()
+        read: list[RunSummary] = []
+        for start, kept_flags, rows, problems in _check_folder(self._path, entries, snapshot):
+            run_ids = (run_id for _, run_id in entries[start : start + len(kept_flags)])
+            kept.update(compress(run_ids, kept_flags))
+            for row in rows:
+                summary = RunSummary.from_snapshot_row(row)
                 self._forget_if_racy(summary, scan_started)
-                summaries.append(summary)
+                read.append(summary)
+            for name, signature, message in problems:
+                if signature is None:
+                    log.warning("%s: %s", name, message)
+                else:
+                    self._warn_once(name, signature, message)
+        self.files_read_at_start = len(entries) - len(kept)
+        # The snapshot is written newest first, so this part is born sorted and the sort below
+        # only has to merge in the files that were read.
+        summaries = [
+            RunSummary.from_snapshot_row(row) for row in snapshot.values() if row[4] in kept
+        ]
         snapshot_is_current = self.files_read_at_start == 0 and len(summaries) == len(snapshot)
-        # Sorted once here, every list built below is born sorted, which SortedList checks fast.
+        summaries += read
         summaries.sort(key=attrgetter("key"))
-        postings: dict[str, dict] = {field: {} for field in self._postings}
-        jobs: dict[tuple[str, str], dict[str, RunSummary]] = {}
+        postings = {field: defaultdict(list) for field in self._postings}
+        jobs: defaultdict[tuple[str, str], dict[str, RunSummary]] = defaultdict(dict)
         for summary in summaries:
             key = summary.key
             for field, value in self._posting_values(summary):
-                postings[field].setdefault(value, []).append(key)
-            jobs.setdefault((summary.job_name, summary.agent_id), {})[summary.run_id] = summary
+                postings[field][value].append(key)
+            jobs[summary.job_name, summary.agent_id][summary.run_id] = summary
         with self._lock:
             self._runs = {summary.run_id: summary for summary in summaries}
             self._order = SortedList(summary.key for summary in summaries)
@@ -755,7 +895,7 @@ class RunStore:
                 field: {value: SortedList(keys) for value, keys in by_value.items()}
                 for field, by_value in postings.items()
             }
-            self._jobs = jobs
+            self._jobs = dict(jobs)
             for job in jobs:
                 self._touch(job)
             if snapshot_is_current:
@@ -767,18 +907,23 @@ class RunStore:
             if self._version == self._snapshot.version:
                 return False
             version = self._version
-            summaries = list(self._runs.values())
-        self._snapshot.write(summaries, version)
+            runs = self._runs.copy()
+            order = list(self._order)
+        # Newest first, as the index keeps them, so that the next start need not sort them.
+        self._snapshot.write([runs[run_id] for _, run_id in order], version)
         return True
+
+    def _list_folder(self) -> list[str]:
+        """Return the name of every entry in the folder."""
+        try:
+            with os.scandir(self._path) as entries:
+                return [entry.name for entry in entries]
+        except OSError as exc:
+            raise _store_error(exc, "scan") from exc
 
     def _run_files(self) -> Iterator[tuple[str, str]]:
         """Yield (file name, run id) for every run file in the folder, skipping all else."""
-        try:
-            with os.scandir(self._path) as entries:
-                names = [entry.name for entry in entries]
-        except OSError as exc:
-            raise _store_error(exc, "scan") from exc
-        for name in names:
+        for name in self._list_folder():
             run_id = self._run_id_of(name)
             if run_id is not None:
                 yield name, run_id
@@ -794,19 +939,14 @@ class RunStore:
     def _read_summary(self, name: str, run_id: str) -> RunSummary | None:
         """Read one run file into a summary; warn once and return None if it is not a run."""
         try:
-            signature, raw = self._read_file(name)
+            return _read_summary(self._path, name, run_id)
         except FileNotFoundError:
             return None  # removed while we looked; its delete event or the next scan drops it
+        except _NotARun as exc:
+            self._warn_once(name, exc.signature, str(exc))
+            return None
         except OSError as exc:
             log.warning("cannot read %s: %s", name, exc.strerror)
-            return None
-        try:
-            run = json.loads(raw)
-            if not isinstance(run, dict):
-                raise ValueError("not a JSON object")
-            return RunSummary(run, run_id, signature)
-        except (ValueError, TypeError, RecursionError) as exc:
-            self._warn_once(name, signature, f"skipped, not a valid run: {exc}")
             return None
 
     @staticmethod

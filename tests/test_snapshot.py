@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import store as store_module
 from store import RunStore
 from tests.test_index import index_view, run_record
 
@@ -121,3 +122,68 @@ def test_server_saves_the_snapshot_when_stopped_with_sigterm(live_server_factory
     assert server.process.wait(timeout=20) == 0
     header = snapshot_path(store_dir).read_text().splitlines()[0]
     assert json.loads(header)["runs"] == 3
+
+
+def mixed_folder(store_dir: Path) -> None:
+    """An aged store with a snapshot, then changes: a stale row, a new run, two bad files."""
+    aged_store(store_dir, count=40).close()
+    (store_dir / "r3.json").write_text(json.dumps(run_record("r3", "db", "failure", 3, 7)))
+    (store_dir / "r7.json").unlink()
+    (store_dir / "new.json").write_text(json.dumps(run_record("new", "web", "partial", 99, 1)))
+    (store_dir / "broken.json").write_text("{not json")
+    (store_dir / "other.json").write_text(json.dumps(run_record("r1", "db", "success", 1, 1)))
+
+
+def test_loader_processes_build_the_same_index_as_one_process(store_dir, monkeypatch, caplog):
+    mixed_folder(store_dir)
+    alone = RunStore(store_dir, watch=False)
+    monkeypatch.setattr(store_module, "PARALLEL_LOAD_MIN_FILES", 1)
+    monkeypatch.setattr(store_module, "load_worker_count", lambda: 3)
+    loader_pids = []
+    real_check = store_module._check_files
+
+    def recording_check(*args):
+        loader_pids.append(os.getpid())
+        return real_check(*args)
+
+    monkeypatch.setattr(store_module, "_check_files", recording_check)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        shared = RunStore(store_dir, watch=False)
+    assert loader_pids == [], "the checks ran in this process, not in loader processes"
+    assert "loader processes failed" not in caplog.text
+    assert index_view(shared) == index_view(alone)
+    assert len(shared) == 40  # r3 re-read, r7 gone, new added; the two bad files skipped
+    assert shared.files_read_at_start == alone.files_read_at_start == 4
+    assert caplog.text.count("not a valid run") == 2
+
+
+def test_a_loader_process_that_dies_costs_time_not_runs(store_dir, monkeypatch, caplog):
+    mixed_folder(store_dir)
+    expected = index_view(RunStore(store_dir, watch=False))
+    monkeypatch.setattr(store_module, "PARALLEL_LOAD_MIN_FILES", 1)
+    monkeypatch.setattr(store_module, "load_worker_count", lambda: 2)
+    parent = os.getpid()
+    real_check = store_module._check_files
+
+    def dying_check(*args):
+        if os.getpid() != parent:
+            os._exit(1)  # a loader process killed mid-way, say by the OOM killer
+        return real_check(*args)
+
+    monkeypatch.setattr(store_module, "_check_files", dying_check)
+    with caplog.at_level(logging.WARNING):
+        restarted = RunStore(store_dir, watch=False)
+    assert "loader processes failed" in caplog.text
+    assert index_view(restarted) == expected
+
+
+def test_the_snapshot_lists_runs_newest_first(store_dir):
+    """So that a restart takes them in index order and need not sort a million keys."""
+    store = aged_store(store_dir, count=30)
+    store.save(run_record("late", "db", "success", 999_999, 1))
+    store.close()
+    _, *lines = snapshot_path(store_dir).read_text().splitlines()
+    received = [row[5] for line in lines for row in json.loads(line)]
+    assert len(received) == 31
+    assert received == sorted(received, reverse=True)
