@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import compress, islice
+from itertools import compress, count, islice
 from operator import attrgetter
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -406,18 +406,18 @@ def _check_folder(
     this process: it costs time, never correctness.
     """
     global _load_job
-    count = len(entries)
+    total = len(entries)
     checked = 0
     workers = load_worker_count()
-    if workers > 1 and count >= PARALLEL_LOAD_MIN_FILES:
-        chunk = max(1_000, count // (workers * 8))
+    if workers > 1 and total >= PARALLEL_LOAD_MIN_FILES:
+        chunk = max(1_000, total // (workers * 8))
         _load_job = (folder, entries, snapshot)
         try:
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(workers, mp_context=context) as pool:
                 futures = [
-                    pool.submit(_check_files_in_worker, start, min(start + chunk, count))
-                    for start in range(0, count, chunk)
+                    pool.submit(_check_files_in_worker, start, min(start + chunk, total))
+                    for start in range(0, total, chunk)
                 ]
                 for future in futures:
                     result = future.result()
@@ -427,8 +427,8 @@ def _check_folder(
             log.warning("loader processes failed (%s); loading the rest in one process", exc)
         finally:
             _load_job = None
-    if checked < count:
-        yield _check_files(folder, entries, snapshot, checked, count)
+    if checked < total:
+        yield _check_files(folder, entries, snapshot, checked, total)
 
 
 class RunStore:
@@ -448,6 +448,8 @@ class RunStore:
         self._version = 0
         self._warned: dict[str, tuple | None] = {}
         self._dir_syncer = _DirectorySyncer(self.directory)
+        self._temp_token = uuid.uuid4().hex[:12]
+        self._temp_numbers = count()
         self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
         self._open_directory()
@@ -525,8 +527,10 @@ class RunStore:
         summary = RunSummary(run, run_id, None)  # checks the fields the index needs first
         # One line per file: `grep failure store/*.json` then shows whole records.
         data = (json.dumps(run, ensure_ascii=False) + "\n").encode("utf-8")
-        final = self.directory / name
-        temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        final = os.path.join(self._path, name)
+        # A per-store token and a counter: unique without a random read on every write.
+        temp_name = f"{TEMP_PREFIX}{self._temp_token}-{next(self._temp_numbers)}{TEMP_SUFFIX}"
+        temp = os.path.join(self._path, temp_name)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
