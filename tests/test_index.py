@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from sortedcontainers import SortedList
 
-from store import RunQuery, RunStore, file_name_for
+from store import RunQuery, RunStore, _presorted, file_name_for
 
 RUN_IDS = ["a", "b", "run/2026:1", ".hidden", "x y", "ü"]
 JOBS = ["db", "files"]
@@ -298,3 +300,25 @@ def test_a_restarted_store_answers_like_the_one_that_wrote_the_runs(store_dir, q
         page = store.list_runs(RunQuery(**query, limit=1000))
         assert page.total == len(page.runs) > 0
     assert writer.list_runs(RunQuery(**query)).runs == restarted.list_runs(RunQuery(**query)).runs
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 4321])
+def test_a_presorted_list_behaves_as_one_sorted_by_sortedcontainers(size):
+    """store._presorted fills SortedList's internals directly; it must be the same list."""
+    rng = random.Random(size)
+    keys = sorted((-rng.randrange(10**6), f"r{n}") for n in range(size))
+    built, reference = _presorted(list(keys)), SortedList(keys)
+    built._check()  # sortedcontainers' own consistency check of its internals
+    assert list(built) == list(reference) and len(built) == len(reference)
+    for change in range(50):
+        key = (-rng.randrange(10**6), f"new{change}")
+        built.add(key)
+        reference.add(key)
+        gone = keys[rng.randrange(size)] if size else key
+        built.discard(gone)
+        reference.discard(gone)
+    built._check()
+    assert list(built) == list(reference)
+    low, high = (-700_000, ""), (-300_000, "")
+    assert list(built.irange(low, high)) == list(reference.irange(low, high))
+    assert built.bisect_left(low) == reference.bisect_left(low)
