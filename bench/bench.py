@@ -288,6 +288,18 @@ def bare_write_loop(directory: Path, seconds: float) -> float:
     return count / seconds
 
 
+def settle_page_cache(store: Path, drop: bool) -> None:
+    """Put the store's files in the page cache, as a fresh copy leaves them, or drop them all."""
+    if drop:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")  # needs root
+        return
+    with os.scandir(store) as entries:
+        for entry in entries:
+            with open(entry.path, "rb") as handle:
+                handle.read()
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -299,22 +311,30 @@ def bench_size(size: int, workdir: Path, args: argparse.Namespace, use_wrk: bool
         began = time.perf_counter()
         generate_store(store, size)
         print(f"  laid down {size} runs in {time.perf_counter() - began:.1f} s", flush=True)
-    # The first start sees the store as rsync left it, with no index snapshot beside it; the
-    # later ones restart from the snapshot the previous stop saved.
-    if not args.keep_snapshot:
-        (store.parent / f".{store.name}.index-snapshot").unlink(missing_ok=True)
-    server = Server(store, args.threads)
-    first_start = server.cold_start
+    # A first start sees the store as rsync left it, with no index snapshot beside it: its
+    # files in the page cache, as just after the copy, or with --drop-caches read from disk,
+    # as after a reboot. The restarts after it use the snapshot the previous stop saved.
+    snapshot = store.parent / f".{store.name}.index-snapshot"
+    first_starts = []
+    for _ in range(1 if args.keep_snapshot else args.cold_repeats):
+        if not args.keep_snapshot:
+            snapshot.unlink(missing_ok=True)
+        settle_page_cache(store, args.drop_caches)
+        server = Server(store, args.threads)
+        first_starts.append(server.cold_start)
+        server.stop()
     restarts = []
     for _ in range(args.cold_repeats):
-        server.stop()
         server = Server(store, args.threads)
         restarts.append(server.cold_start)
+        server.stop()
+    server = Server(store, args.threads)
     rows = [
         {
             "size": size,
-            "measure": "first start, no snapshot, to first list (s)",
-            "value": first_start,
+            "measure": "first start, no snapshot, to first list (s)"
+            + (", page cache dropped" if args.drop_caches else ""),
+            "value": statistics.median(first_starts),
         },
         {
             "size": size,
@@ -334,20 +354,31 @@ def bench_size(size: int, workdir: Path, args: argparse.Namespace, use_wrk: bool
         for paths in probes.values():  # warm every path once before measuring
             for path in paths[:20]:
                 request(server.port, "GET", path)
-        results = {
-            name: measure_gets(server.port, paths, use_wrk, args.seconds)
-            for name, paths in probes.items()
-        }
-        single = results["single GET"]["p50_ms"]
-        for name, result in results.items():
-            rows.append({"size": size, "measure": f"{name} p50 (ms)", "value": result["p50_ms"]})
-            rows.append({"size": size, "measure": f"{name} p95 (ms)", "value": result["p95_ms"]})
-            if name != "single GET":
+        # Rounds, each measuring every probe once, so that each ratio compares latencies taken
+        # within seconds of each other; the CPU this VM gets drifts over minutes.
+        rounds = [
+            {
+                name: measure_gets(server.port, paths, use_wrk, args.seconds)
+                for name, paths in probes.items()
+            }
+            for _ in range(args.get_rounds)
+        ]
+        for name in probes:
+            for figure in ("p50_ms", "p95_ms"):
                 rows.append(
                     {
                         "size": size,
-                        "measure": f"{name} / single GET (p50 ratio)",
-                        "value": result["p50_ms"] / single,
+                        "measure": f"{name} {figure[:3]} (ms)",
+                        "value": statistics.median(r[name][figure] for r in rounds),
+                    }
+                )
+            if name != "single GET":
+                ratios = [r[name]["p50_ms"] / r["single GET"]["p50_ms"] for r in rounds]
+                rows.append(
+                    {
+                        "size": size,
+                        "measure": f"{name} / single GET (median p50 ratio of rounds)",
+                        "value": statistics.median(ratios),
                     }
                 )
         rss, peak = server.memory_mb()
@@ -416,12 +447,20 @@ def main() -> int:
     parser.add_argument(
         "--workdir", default=None, help="where stores are laid down (kept for reuse)"
     )
-    parser.add_argument("--seconds", type=float, default=5, help="duration of each GET measure")
+    parser.add_argument("--seconds", type=float, default=3, help="duration of each GET measure")
+    parser.add_argument("--get-rounds", type=int, default=3, help="rounds of the GET measures")
     parser.add_argument(
         "--post-seconds", type=float, default=5, help="length of each POST round; 0 skips them"
     )
     parser.add_argument("--post-rounds", type=int, default=3, help="bare-loop/POST round pairs")
-    parser.add_argument("--cold-repeats", type=int, default=3, help="restarts per size (median)")
+    parser.add_argument(
+        "--cold-repeats", type=int, default=3, help="first starts and restarts per size (median)"
+    )
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before each first start (root only), as after a reboot",
+    )
     parser.add_argument("--threads", type=int, default=8, help="waitress threads")
     parser.add_argument(
         "--keep-snapshot",
