@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sortedcontainers import SortedList
 
-from store import RunQuery, RunStore, _presorted, file_name_for
+from store import POSTING_FIELDS, RunQuery, RunStore, _presorted, file_name_for
 
 RUN_IDS = ["a", "b", "run/2026:1", ".hidden", "x y", "ü"]
 JOBS = ["db", "files"]
@@ -245,15 +245,17 @@ def test_listing_matches_a_plain_filter(shared_store, case):
     base = 1_778_554_800_000_000
     full_query = {**query, **{k: base + v for k, v in query.items() if k.endswith("_us")}}
     want = expected_ids(records, query)
-    got, after = [], None
-    while True:
-        page = shared_store.list_runs(RunQuery(**full_query, after=after, limit=page_size))
-        assert page.total == len(want)
-        got.extend(run["run_id"] for run in page.runs)
-        if page.next_after is None:
-            break
-        after = page.next_after
-    assert got == want
+    # The index as writes keep it, and as a start builds it from the folder.
+    for store in (shared_store, RunStore(shared_store.directory, watch=False)):
+        got, after = [], None
+        while True:
+            page = store.list_runs(RunQuery(**full_query, after=after, limit=page_size))
+            assert page.total == len(want)
+            got.extend(run["run_id"] for run in page.runs)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert got == want
 
 
 def test_young_signatures_are_not_trusted(store_dir):
@@ -322,3 +324,54 @@ def test_a_presorted_list_behaves_as_one_sorted_by_sortedcontainers(size):
     low, high = (-700_000, ""), (-300_000, "")
     assert list(built.irange(low, high)) == list(reference.irange(low, high))
     assert built.bisect_left(low) == reference.bisect_left(low)
+
+
+def posting_lists(store: RunStore) -> dict:
+    """Every posting list the store holds, as plain lists."""
+    return {
+        field: {value: list(keys) for value, keys in by_value.items()}
+        for field, by_value in store._postings.items()
+    }
+
+
+def test_posting_lists_built_after_start_stay_true_to_writes(store_dir):
+    store = RunStore(store_dir, watch=False)
+    for number in range(30):
+        run = run_record(
+            f"r{number}", JOBS[number % 2], ["success", "failure"][number % 3 > 0], number, 1
+        )
+        run["encrypted"] = number % 4 == 0
+        store.save(run)
+    restarted = RunStore(store_dir, watch=False)
+    assert restarted._postings == {}  # a start leaves them for later
+    restarted.build_postings()
+    assert set(restarted._postings) == set(POSTING_FIELDS)
+    restarted.save(run_record("late", "db", "partial", 999, 1))
+    restarted.delete("r3")
+    restarted.delete("r4")
+    kept_up = posting_lists(restarted)
+    with restarted._lock:
+        restarted._postings = {}
+        for field in POSTING_FIELDS:
+            restarted._posting(field)  # built afresh from the index as it is now
+    assert kept_up == posting_lists(restarted)
+    assert kept_up["job_status"][("db", "partial")] == [restarted._runs["late"].key]
+
+
+def test_a_posting_list_built_while_a_write_lands_is_dropped(store_dir, monkeypatch):
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("a", "db", "success", 1, 1))
+    real_build = RunStore._built_posting
+
+    def build_with_a_write_landing(self, field, keys):
+        built = real_build(self, field, keys)
+        if field == "status":
+            self.save(run_record("b", "db", "failure", 2, 1))  # lands mid-build
+        return built
+
+    monkeypatch.setattr(RunStore, "_built_posting", build_with_a_write_landing)
+    store.build_postings()
+    assert "status" not in store._postings  # the stale build was not installed
+    monkeypatch.undo()
+    page = store.list_runs(RunQuery(statuses=("failure",)))
+    assert [run["run_id"] for run in page.runs] == ["b"]
