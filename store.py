@@ -501,8 +501,14 @@ class RunStore:
         if watch:
             self._watcher = _Watcher(self)
         self._load_all()
+        self._postings_builder: threading.Timer | None = None
         if self._watcher is not None:
             self._watcher.start()
+            # Built a little after start, in their own thread: run at once, the build (3 s of
+            # GIL at a million runs) held back the server's first answer by as much.
+            self._postings_builder = threading.Timer(POSTINGS_BUILD_DELAY, self._build_postings)
+            self._postings_builder.daemon = True
+            self._postings_builder.start()
 
     # --- life cycle ---
 
@@ -526,6 +532,8 @@ class RunStore:
 
     def close(self) -> None:
         """Stop following the folder and save the index snapshot; the store stays readable."""
+        if self._postings_builder is not None:
+            self._postings_builder.cancel()
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -882,6 +890,12 @@ class RunStore:
         by_value.pop(None, None)
         return {value: _presorted(found) for value, found in by_value.items()}
 
+    def _build_postings(self) -> None:
+        try:
+            self.build_postings()
+        except Exception:
+            log.exception("cannot build the posting lists; they will be built when first needed")
+
     def build_postings(self) -> None:
         """Build every posting list not yet built, holding the lock only to install each one.
 
@@ -1089,6 +1103,7 @@ class RunStore:
 
 
 RACY_NS = 2_000_000_000
+POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
 
 
@@ -1297,10 +1312,6 @@ class _Watcher:
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
         next_snapshot = time.monotonic() + 5
-        try:
-            self._store.build_postings()
-        except Exception:
-            log.exception("cannot build the posting lists; they will be built when first needed")
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_snapshot:

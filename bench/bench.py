@@ -481,7 +481,7 @@ def main() -> int:
         print(f"store of {size} runs", flush=True)
         size_rows = bench_size(size, workdir, args, use_wrk)
         for row in size_rows:
-            print(f"  {row['measure']:<45} {row['value']:>12.3f}")
+            print(f"  {row['measure']:<62} {row['value']:>10.3f}")
         rows.extend(size_rows)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

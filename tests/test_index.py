@@ -375,3 +375,19 @@ def test_a_posting_list_built_while_a_write_lands_is_dropped(store_dir, monkeypa
     monkeypatch.undo()
     page = store.list_runs(RunQuery(statuses=("failure",)))
     assert [run["run_id"] for run in page.runs] == ["b"]
+
+
+def test_a_watched_store_builds_its_posting_lists_soon_after_start(store_dir, monkeypatch):
+    writer = RunStore(store_dir, watch=False)
+    for number in range(5):
+        writer.save(run_record(f"r{number}", "db", "success", number, 1))
+    monkeypatch.setattr("store.POSTINGS_BUILD_DELAY", 0.05)
+    store = RunStore(store_dir)
+    try:
+        deadline = time.monotonic() + 10
+        while set(store._postings) != set(POSTING_FIELDS):
+            assert time.monotonic() < deadline, "posting lists were not built after start"
+            time.sleep(0.02)
+        assert store._postings["status"]["success"] == [s.key for s in store.summaries()]
+    finally:
+        store.close()
