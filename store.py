@@ -463,7 +463,8 @@ def _presorted(keys: list) -> SortedList:
     """Return a SortedList of keys that are already in ascending order, without sorting them.
 
     SortedList(keys) sorts its input again; at a million keys scattered in memory that one
-    pass costs about 0.7 s for each of the eight lists the index builds at start. This fills
+    pass costs about 0.7 s for each list the index builds in one go (its order at start, and
+    each field's posting lists). This fills
     the same internals that SortedList.update fills for an empty list (sortedcontainers 2.4,
     pinned); tests/test_index.py checks the result against SortedList(keys).
     """
@@ -985,8 +986,8 @@ class RunStore:
         with self._lock:
             self._runs = {summary.run_id: summary for summary in summaries}
             self._order = _presorted(keys)
-            # Posting lists are built when first needed, or by the watcher soon after start:
-            # at a million runs they cost 2.6 s that the first answer need not wait for.
+            # Posting lists are built POSTINGS_BUILD_DELAY after start, or by the first query
+            # that needs one: at a million runs they cost 2.6 s the first answer need not wait.
             self._postings = {}
             self._jobs = dict(jobs)
             for job in jobs:
