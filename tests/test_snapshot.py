@@ -187,3 +187,21 @@ def test_the_snapshot_lists_runs_newest_first(store_dir):
     received = [row[5] for line in lines for row in json.loads(line)]
     assert len(received) == 31
     assert received == sorted(received, reverse=True)
+
+
+def test_packed_signatures_match_only_the_exact_stat_and_skip_numbers_too_big(tmp_path):
+    """What loader processes compare files against: never a near miss, never a wrapped number."""
+    path = tmp_path / "r1.json"
+    path.write_text("{}")
+    st = os.stat(path)
+    exact = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "r1"]
+    packed = store_module._Signatures.of(
+        {"r1": exact, "r2": [2**64 - 1, 1, 1, 1, "r2"], "r3": [1, 1, 1, 1, "r3"]}
+    )
+    assert packed.match("r1", st)
+    assert "r2" not in packed.position  # an inode past 2**63 cannot be packed: its file is read
+    assert not packed.match("r3", st)
+    assert not packed.match("r4", st)
+    later = [*exact]
+    later[3] += 1  # ctime moved: written again, even if size and mtime were put back
+    assert not store_module._Signatures.of({"r1": later}).match("r1", st)
