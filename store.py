@@ -311,6 +311,14 @@ def _file_signature(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _may_be_run_file(name: str) -> bool:
+    """Tell whether a folder entry is meant as a run file, so that a bad name is worth a warning.
+
+    Dot-files are our temp files, rsync's and editors' swap files: skipped without a word.
+    """
+    return not name.startswith(".") and name.endswith(FILE_SUFFIX)
+
+
 def _read_file(folder: str, name: str) -> tuple[tuple, bytes]:
     """Read a file of folder whole; return (its stat signature as read, its bytes)."""
     fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_CLOEXEC)
@@ -417,8 +425,8 @@ def _check_files(
     problems: list[tuple] = []
     for index in range(start, stop):
         name = names[index]
-        if name.startswith(".") or not name.endswith(FILE_SUFFIX):
-            continue  # dot-files: our temp files, rsync's, editors' swap files
+        if not _may_be_run_file(name):
+            continue
         run_id = run_id_for(name)
         if run_id is None:
             problems.append((name, None, BAD_FILE_NAME))
@@ -679,7 +687,7 @@ class RunStore:
     def _read_raw(self, run_id: str, name: str) -> tuple[tuple, bytes]:
         """Read a run file and check it holds that run; return (signature, JSON bytes)."""
         try:
-            signature, raw = self._read_file(name)
+            signature, raw = _read_file(self._path, name)
         except FileNotFoundError:
             raise RunNotFound(run_id) from None
         except OSError as exc:
@@ -692,10 +700,6 @@ class RunStore:
             self._warn_once(name, signature, "skipped, not a valid run")
             raise RunNotFound(run_id)
         return signature, raw.rstrip()
-
-    def _read_file(self, name: str) -> tuple[tuple, bytes]:
-        """Read a file of the folder whole; return (its stat signature as read, its bytes)."""
-        return _read_file(self._path, name)
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
@@ -1061,8 +1065,8 @@ class RunStore:
                 yield name, run_id
 
     def _run_id_of(self, name: str) -> str | None:
-        if name.startswith(".") or not name.endswith(FILE_SUFFIX):
-            return None  # dot-files: our temp files, rsync's, editors' swap files
+        if not _may_be_run_file(name):
+            return None
         run_id = run_id_for(name)
         if run_id is None:
             self._warn_once(name, None, BAD_FILE_NAME)
