@@ -529,6 +529,10 @@ class RunStore:
         self.directory = Path(directory)
         self._path = str(self.directory)  # os.path on str is cheaper than pathlib in hot loops
         self._lock = threading.RLock()
+        # Orders the renames and index updates of one run id (see save). A lock per stripe of
+        # ids, not one for the store: a rename held under the store lock made every other
+        # request queue behind the disk, and each hand-over of the GIL costs a context switch.
+        self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
         self._runs: dict[str, RunSummary] = {}
         self._raw_cache: OrderedDict[str, tuple[tuple, bytes]] = OrderedDict()
         self._order = SortedList()
@@ -639,13 +643,14 @@ class RunStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            # The rename and the index update happen under one lock, so the index ends in the
-            # order the renames did when clients overwrite the same id at once.
-            with self._lock:
+            # The rename and the index update happen under the id's lock, so the index ends in
+            # the order the renames did when clients overwrite the same id at once.
+            with self._id_lock(run_id):
                 os.replace(temp, final)
                 summary.signature = _file_signature(os.stat(final))
-                self._put(summary)
-                self._cache_raw(run_id, summary.signature, data.rstrip())
+                with self._lock:
+                    self._put(summary)
+                    self._cache_raw(run_id, summary.signature, data.rstrip())
         except OSError as exc:
             _unlink_quietly(temp)
             raise _store_error(exc, "write") from exc
@@ -655,7 +660,7 @@ class RunStore:
     def delete(self, run_id: str) -> bool:
         """Remove a run; return whether it was there. Deleting a missing run is not an error."""
         path = self.directory / file_name_for(run_id)
-        with self._lock:
+        with self._id_lock(run_id):
             try:
                 os.unlink(path)
                 existed = True
@@ -663,10 +668,15 @@ class RunStore:
                 existed = False
             except OSError as exc:
                 raise _store_error(exc, "delete") from exc
-            self._remove(run_id)
+            with self._lock:
+                self._remove(run_id)
         if existed:
             self._sync_directory()
         return existed
+
+    def _id_lock(self, run_id: str) -> threading.Lock:
+        """Return the lock that orders writes to run_id; take it before the store's lock."""
+        return self._id_locks[hash(run_id) % ID_LOCK_STRIPES]
 
     def _sync_directory(self) -> None:
         try:
@@ -1107,20 +1117,23 @@ class RunStore:
         try:
             before = _file_signature(os.stat(path))
         except FileNotFoundError:
-            with self._lock:
-                self._remove(run_id)
+            with self._id_lock(run_id), self._lock:
+                if not os.path.exists(path):  # not written again by a save since our stat
+                    self._remove(run_id)
             return
         except OSError as exc:
             log.warning("cannot stat %s: %s", name, exc.strerror)
             return
-        current = self._runs.get(run_id)
+        # Under the id's lock, a save of this id whose rename we saw has also updated the index.
+        with self._id_lock(run_id):
+            current = self._runs.get(run_id)
         if current is not None and current.signature == before:
             return
         if name in self._warned and self._warned[name] == before:
             return  # the same broken file we already warned about
         read_started = time.time_ns()
         summary = self._read_summary(name, run_id)
-        with self._lock:
+        with self._id_lock(run_id), self._lock:
             try:
                 now = _file_signature(os.stat(path))
             except FileNotFoundError:
@@ -1146,6 +1159,7 @@ class RunStore:
 
 
 RACY_NS = 2_000_000_000
+ID_LOCK_STRIPES = 64
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -391,3 +392,60 @@ def test_a_watched_store_builds_its_posting_lists_soon_after_start(store_dir, mo
         assert store._postings["status"]["success"] == [s.key for s in store.summaries()]
     finally:
         store.close()
+
+
+# --- locking: one run's slow rename holds back only that run ---------------------------------
+
+
+def test_a_slow_rename_does_not_hold_back_listings_or_other_runs(store_dir, monkeypatch):
+    """The rename of one run happens under that run's lock, not the whole store's."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("before", "db", "success", 1, 1))
+    renaming, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def stalled_replace(source, target):
+        if str(target).endswith("slow.json"):
+            renaming.set()
+            assert release.wait(10), "the test never released the stalled rename"
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stalled_replace)
+    slow = threading.Thread(target=store.save, args=(run_record("slow", "db", "success", 2, 1),))
+    slow.start()
+    try:
+        assert renaming.wait(10)
+        # With the rename under the store's lock, both of these would wait for the disk.
+        listed = run_in_thread(lambda: store.list_runs(RunQuery()).total)
+        saved = run_in_thread(lambda: store.save(run_record("other", "db", "success", 3, 1)))
+        assert listed == 1
+        assert saved["run_id"] == "other"
+    finally:
+        release.set()
+        slow.join(10)
+    assert {s.run_id for s in store.summaries()} == {"before", "slow", "other"}
+
+
+def run_in_thread(call, timeout: float = 5.0):
+    """Return call()'s result, failing if it has not returned within timeout seconds."""
+    results = []
+    worker = threading.Thread(target=lambda: results.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert results, f"still blocked after {timeout} s"
+    return results[0]
+
+
+def test_a_file_seen_gone_and_then_saved_again_stays_indexed(store_dir, monkeypatch):
+    """The watcher saw a file missing, but a save wrote it again before the watcher acted."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("r", "db", "success", 1, 1))
+    real_stat = os.stat
+
+    def stat_seen_before_the_save(path, *args, **kwargs):
+        monkeypatch.setattr(os, "stat", real_stat)  # only the watcher's first look is stale
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(os, "stat", stat_seen_before_the_save)
+    store.refresh("r.json")
+    assert "r" in store
