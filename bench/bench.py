@@ -111,6 +111,36 @@ class Server:
         self.process.wait(timeout=30)
 
 
+class ReferenceServer:
+    """bench/reference_server.py: a Flask app under waitress that only does the atomic write."""
+
+    def __init__(self, folder: Path, threads: int):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "reference_server.py"),
+                *(str(folder), str(self.port), str(threads)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if request(self.port, "GET", "/")[0] == 200:
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("reference server did not start") from None
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
     """Make one request on a fresh connection."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -385,14 +415,23 @@ def bench_size(size: int, workdir: Path, args: argparse.Namespace, use_wrk: bool
         rows.append({"size": size, "measure": "resident memory (MB)", "value": rss})
         rows.append({"size": size, "measure": "peak resident memory (MB)", "value": peak})
         if args.post_seconds > 0:
-            # The disk's fsync latency drifts by 2x over minutes on a shared VM, so the two
+            # The disk's fsync latency drifts by 2x over minutes on a shared VM, so the three
             # are measured in alternating rounds and each POST figure is set against the bare
-            # loop measured just before it.
-            bares, posts = [], []
-            for _ in range(args.post_rounds):
-                bares.append(bare_write_loop(store, args.post_seconds))
-                posts.append(post_throughput(server.port, use_wrk, 16, args.post_seconds))
+            # loop measured just before it. The reference app shows what Flask and waitress
+            # cost on their own for the same write; see bench/reference_server.py.
+            bares, posts, references = [], [], []
+            reference = ReferenceServer(store, args.threads)
+            try:
+                for _ in range(args.post_rounds):
+                    bares.append(bare_write_loop(store, args.post_seconds))
+                    posts.append(post_throughput(server.port, use_wrk, 16, args.post_seconds))
+                    references.append(
+                        post_throughput(reference.port, use_wrk, 16, args.post_seconds)
+                    )
+            finally:
+                reference.stop()
             ratios = [post / bare for post, bare in zip(posts, bares, strict=True)]
+            reference_ratios = [ref / bare for ref, bare in zip(references, bares, strict=True)]
             rows += [
                 {
                     "size": size,
@@ -409,10 +448,20 @@ def bench_size(size: int, workdir: Path, args: argparse.Namespace, use_wrk: bool
                     "measure": "POST / bare loop (median ratio of rounds)",
                     "value": statistics.median(ratios),
                 },
+                {
+                    "size": size,
+                    "measure": "reference app, same write, 16 clients (runs/s)",
+                    "value": statistics.median(references),
+                },
+                {
+                    "size": size,
+                    "measure": "reference app / bare loop (median ratio of rounds)",
+                    "value": statistics.median(reference_ratios),
+                },
             ]
     finally:
         server.stop()
-        for posted in store.glob("bench-*.json"):
+        for posted in [*store.glob("bench-*.json"), *store.glob("reference-*.json.reference")]:
             posted.unlink()
     return rows
 
