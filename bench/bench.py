@@ -461,8 +461,9 @@ def bench_size(size: int, workdir: Path, args: argparse.Namespace, use_wrk: bool
             ]
     finally:
         server.stop()
-        for posted in [*store.glob("bench-*.json"), *store.glob("reference-*.json.reference")]:
-            posted.unlink()
+        for pattern in ("bench-*.json", "reference-*.json.reference", ".tmp-reference-*"):
+            for posted in store.glob(pattern):
+                posted.unlink()
     return rows
 
 

@@ -37,7 +37,8 @@ def create_reference_app(folder: Path) -> Flask:
     def write_body() -> Response:
         body = request.get_data()
         number = next(numbers)
-        temp = os.path.join(folder, f".tmp-reference-{number}.tmp")
+        # The pid keeps apart the temp files a stopped server left mid-write from this one's.
+        temp = os.path.join(folder, f".tmp-reference-{os.getpid()}-{number}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, body)
