@@ -83,6 +83,10 @@ class Overrides:
         """Return the entry that applies to this job, or None."""
         return self._entries.get((job_name, agent_id)) or self._entries.get((job_name, None))
 
+    def named_jobs(self) -> list[JobOverride]:
+        """Return the entries that name a whole job, agent included: jobs expected to report."""
+        return [entry for entry in self._entries.values() if entry.agent_id is not None]
+
 
 def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
     """Read and check the jobs file named by JOBS_FILE; an empty name means there is none."""
@@ -225,9 +229,36 @@ def schedule_of(
         expected = None if interval is None else last_start + interval
     if interval is None:
         return source, None, None, None
+    return source, interval, expected, grace_of(interval, override)
+
+
+def grace_of(interval: float, override: JobOverride | None) -> float:
+    """Return how long past its expected start a job may be before it is late."""
     if override is not None and override.grace_seconds is not None:
-        return source, interval, expected, float(override.grace_seconds)
-    return source, interval, expected, max(interval / 2, MIN_GRACE_SECONDS)
+        return float(override.grace_seconds)
+    return max(interval / 2, MIN_GRACE_SECONDS)
+
+
+def first_schedule(
+    override: JobOverride, since: float
+) -> tuple[str, float | None, float | None, float | None]:
+    """Return (source, interval, first expected start, grace) of a job that never reported.
+
+    Its first run is expected one interval after since (when the registry began to watch
+    for it), or at the first cron slot after since; with no schedule set, none is expected.
+    """
+    if override.cron is not None:
+        zone = ZoneInfo(override.timezone)
+        expected = croniter(override.cron, datetime.fromtimestamp(since, zone)).get_next(datetime)
+        following = croniter(override.cron, expected).get_next(datetime)
+        source, interval = "cron", (following - expected).total_seconds()
+        expected_ts = expected.timestamp()
+    elif override.interval_seconds is not None:
+        source, interval = "interval", float(override.interval_seconds)
+        expected_ts = since + interval
+    else:
+        return "inferred", None, None, None
+    return source, interval, expected_ts, grace_of(interval, override)
 
 
 def reference_runs(earlier: list[RunSummary]) -> list[RunSummary]:
@@ -346,7 +377,11 @@ def _dumps(value: object) -> str:
 
 
 class JobStats:
-    """What a job's runs say, computed once per change of the job: all but the time-dependent."""
+    """What a job's runs say, computed once per change of the job: all but the time-dependent.
+
+    A job named in the jobs file that has never reported has no runs: no latest run, and a
+    first run expected after `since` (see first_schedule).
+    """
 
     def __init__(
         self,
@@ -355,12 +390,13 @@ class JobStats:
         runs: list[RunSummary],
         override: JobOverride | None,
         last_run: dict | None,
+        since: float | None = None,
     ):
         runs = sorted(runs, key=_start_order)
         self.job_name, self.agent_id = job
         self.version = version
         self.count = len(runs)
-        self.latest = latest = runs[-1]
+        self.latest = latest = runs[-1] if runs else None
         self.last_run = last_run
         self.muted = override is not None and override.muted
         # Compact arrays: at a million runs a list of floats would cost four times the memory.
@@ -381,9 +417,9 @@ class JobStats:
             if reference
             else None
         )
-        self.flags = run_flags(latest, reference, override)
-        self.schedule, self.interval, self.next_expected, self.grace = schedule_of(
-            self.starts, override
+        self.flags = run_flags(latest, reference, override) if latest is not None else []
+        self.schedule, self.interval, self.next_expected, self.grace = (
+            schedule_of(self.starts, override) if runs else first_schedule(override, since)
         )
         self.head = {"job_name": self.job_name, "agent_id": self.agent_id}
         # Everything in the JSON that does not depend on the time, formatted once per change.
@@ -395,7 +431,7 @@ class JobStats:
             "last_failure_at": _at(self.last_failure),
             "duration_p50_seconds": _number(self.duration_p50),
             "duration_p95_seconds": _number(self.duration_p95),
-            "last_bytes": latest.bytes_backed_up,
+            "last_bytes": None if latest is None else latest.bytes_backed_up,
             "median_bytes": self.median_bytes,
             "expected_interval_seconds": _number(self.interval),
             "next_expected_at": _at(self.next_expected),
@@ -415,6 +451,8 @@ class JobStats:
         """Return (state, state the job would have if it were not muted) at now_ts."""
         if self.next_expected is not None and now_ts > self.next_expected + self.grace:
             state = "late"
+        elif self.latest is None:
+            state = "new"  # never reported, and not overdue (yet)
         elif self.latest.status == "failure":
             state = "failing"
         elif self.latest.status == "partial":
@@ -482,11 +520,16 @@ def parse_states(text: str | None) -> tuple[str, ...]:
 
 
 class JobMonitor:
-    """Keeps every job's statistics current with the store, recomputing only changed jobs."""
+    """Keeps every job's statistics current with the store, recomputing only changed jobs.
 
-    def __init__(self, store: RunStore, overrides: Overrides | None = None):
+    Jobs the jobs file names (agent included) are listed even before their first report;
+    `since` is when the registry began to expect them, the time it started.
+    """
+
+    def __init__(self, store: RunStore, overrides: Overrides | None = None, since: float = 0.0):
         self.store = store
         self.overrides = overrides or Overrides()
+        self.since = since
         self._lock = threading.Lock()
         self._stats: dict[tuple[str, str], JobStats] = {}
         self._seen_version: int | None = None
@@ -529,6 +572,10 @@ class JobMonitor:
                 # Deleted since the index was read: keep what we know, and look again next time.
                 last_run, version, complete = None, None, False
             self._stats[job] = JobStats(job, version, runs, self.overrides.for_job(*job), last_run)
+        for override in self.overrides.named_jobs():
+            job = (override.job_name, override.agent_id)
+            if job not in self._stats:
+                self._stats[job] = JobStats(job, None, [], override, None, self.since)
         return complete
 
     def moments(self, now: datetime, states: Iterable[str] = ()) -> list[tuple[JobStats, tuple]]:
@@ -538,10 +585,11 @@ class JobMonitor:
         wanted = set(states)
         if wanted:
             pairs = [(stats, moment) for stats, moment in pairs if moment[0] in wanted]
+        # Within a state, the job that never reported comes first: it is the least expected.
         pairs.sort(
             key=lambda pair: (
                 STATE_RANK[pair[1][0]],
-                -pair[0].latest.start_ts,
+                -math.inf if pair[0].latest is None else -pair[0].latest.start_ts,
                 pair[0].job_name,
                 pair[0].agent_id,
             )
@@ -601,11 +649,12 @@ class JobCollector:
         for stats in sorted(self._stats, key=lambda stats: stats.job):
             labels = list(stats.job)
             latest = stats.latest
-            last_time.add_metric(labels, latest.end_ts)
-            success.add_metric(labels, SUCCESS_VALUE[latest.status])
-            duration.add_metric(labels, latest.end_ts - latest.start_ts)
-            if latest.bytes_backed_up is not None:
-                size.add_metric(labels, latest.bytes_backed_up)
+            if latest is not None:  # else a job of the jobs file that never reported
+                last_time.add_metric(labels, latest.end_ts)
+                success.add_metric(labels, SUCCESS_VALUE[latest.status])
+                duration.add_metric(labels, latest.end_ts - latest.start_ts)
+                if latest.bytes_backed_up is not None:
+                    size.add_metric(labels, latest.bytes_backed_up)
             if stats.last_success is not None:
                 last_success.add_metric(labels, stats.last_success)
             late.add_metric(labels, float(stats.state(self._now_ts)[0] == "late"))
@@ -650,7 +699,11 @@ class MetricsPage:
 
 def register(app: Flask, overrides: Overrides | None = None) -> None:
     """Add GET /v1/jobs and GET /metrics to app, over its store and the jobs file's overrides."""
-    monitor = JobMonitor(app.extensions["store"], overrides)
+    # Jobs the file names are expected from now on. The clock is read only when there are
+    # some: a test's clock may tick once per reading.
+    expecting = overrides is not None and overrides.named_jobs()
+    since = app.config["CLOCK"]().timestamp() if expecting else 0.0
+    monitor = JobMonitor(app.extensions["store"], overrides, since)
     app.extensions["jobs"] = monitor
     page = MetricsPage(monitor)
 

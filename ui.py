@@ -137,25 +137,24 @@ class LatestRuns:
             self._rows.pop(job, None)
 
 
-def with_monitoring(rows: list[JobRow]) -> tuple[list[JobRow], bool]:
+def with_monitoring(rows: list[JobRow]) -> tuple[list[JobRow], bool, list[jobs.JobSummary]]:
     """Add each job's state and flags from job monitoring (jobs.py), when the app runs it.
 
     Rows are copied, so the cached ones stay as they are. The second value tells whether
-    monitoring answered, and with it whether the page shows states and the late card.
+    monitoring answered, and with it whether the page shows states and the late card. The
+    third lists the jobs the jobs file names that have never reported, worst state first.
     """
     if "jobs" not in current_app.extensions:
-        return rows, False
-    summaries = {
-        (summary.job_name, summary.agent_id): summary
-        for summary in jobs.job_summaries(current_app, request_now())
-    }
+        return rows, False, []
+    summaries = jobs.job_summaries(current_app, request_now())
+    by_job = {(summary.job_name, summary.agent_id): summary for summary in summaries}
     monitored = []
     for row in rows:
-        summary = summaries.get(row.job)
+        summary = by_job.get(row.job)
         if summary is not None:
             row = replace(row, state=summary.state, flags=tuple(summary.flags))
         monitored.append(row)
-    return monitored, True
+    return monitored, True, [summary for summary in summaries if summary.runs == 0]
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -432,9 +431,12 @@ class Card:
     href: str
 
 
-def summary_cards(rows: Iterable[JobRow], monitored: bool = False) -> list[Card]:
+def summary_cards(
+    rows: Iterable[JobRow], monitored: bool = False, late_never_reported: int = 0
+) -> list[Card]:
     """Count jobs by their latest run's outcome (and lateness, when monitored); each card
-    links to the list filtered to the jobs it counts."""
+    links to the list filtered to the jobs it counts. The late card also counts the jobs of
+    the jobs file that never reported and are overdue."""
     rows = list(rows)
     by_status = {status: 0 for status in STATUSES}
     unencrypted = 0
@@ -444,7 +446,7 @@ def summary_cards(rows: Iterable[JobRow], monitored: bool = False) -> list[Card]
     overview = "ui.overview"
     late = []
     if monitored:
-        late_count = sum(row.state == "late" for row in rows)
+        late_count = sum(row.state == "late" for row in rows) + late_never_reported
         late = [Card("Late", late_count, "late", url_for(overview, state="late"))]
     return [
         Card("Jobs", len(rows), "neutral", url_for(overview)),
@@ -459,7 +461,7 @@ def summary_cards(rows: Iterable[JobRow], monitored: bool = False) -> list[Card]
 @bp.get("/")
 def overview() -> tuple[str, int]:
     """The overview: summary cards and one row per job with its latest run."""
-    all_rows, monitored = with_monitoring(current_app.extensions["ui_jobs"].rows())
+    all_rows, monitored, never_reported = with_monitoring(current_app.extensions["ui_jobs"].rows())
     filters = parse_overview_filters(request.args)
     sort, direction = parse_sort(request.args)
     rows = sorted(
@@ -475,7 +477,9 @@ def overview() -> tuple[str, int]:
     return render_template(
         "overview.html",
         rows=rows,
-        cards=summary_cards(all_rows, monitored),
+        cards=summary_cards(
+            all_rows, monitored, sum(job.state == "late" for job in never_reported)
+        ),
         filters=filters,
         agents=sorted({row.agent_id for row in all_rows}, key=str.casefold),
         sort=sort,
@@ -485,6 +489,11 @@ def overview() -> tuple[str, int]:
         states=tuple(STATE_RANK),
         monitored=monitored,
         empty_store=not all_rows,
+        # (summary, first expected start or None) of each job that never reported
+        never_reported=[
+            (job, job.next_expected_at and parse_timestamp(job.next_expected_at).timestamp())
+            for job in never_reported
+        ],
         deleted=request.args.get("deleted"),
         example_curl=example_curl(),
     ), 400 if filters.problems else 200

@@ -233,6 +233,31 @@ def test_script_in_a_job_name_shows_as_text(live_server_factory, page: Page):
     assert dialogs == []
 
 
+def test_a_job_of_the_jobs_file_that_never_reported_is_named_until_it_does(
+    live_server_factory, page: Page, tmp_path: Path
+):
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text(
+        json.dumps(
+            {"jobs": [{"job_name": "offsite-sync", "agent_id": "nas-01", "cron": "0 3 * * *"}]}
+        )
+    )
+    server = live_server_factory({"JOBS_FILE": str(jobs_file)})
+    post_runs(server, [make_run("pg-1")])
+
+    page.goto(server.url + "/")
+    section = page.get_by_role("region", name="Expected, never reported")
+    expect(section).to_contain_text("offsite-sync on nas-01")
+    expect(section.locator(".badge-state-new")).to_have_text("new")
+    expect(section).to_contain_text("03:00")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(1)  # only the job that reported
+
+    post_runs(server, [make_run("sync-1", job_name="offsite-sync", agent_id="nas-01")])
+    page.reload()
+    expect(section).to_have_count(0)
+    expect(page.locator("table.jobs tbody tr")).to_have_count(2)
+
+
 def write_runs(store_dir: Path, runs: list[dict]) -> None:
     """Lay run files into a store folder before the server starts, as rsync would."""
     store_dir.mkdir(parents=True, exist_ok=True)

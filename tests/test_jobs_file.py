@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from jobs_support import DAY, JOB, T0, Clock, clock, daily, run_at, save
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import ConfigError, create_app
 from jobs import JobOverride
@@ -121,8 +123,56 @@ def test_an_entry_for_the_agent_beats_one_for_every_agent(make_app):
     intervals = {
         job["agent_id"]: job["expected_interval_seconds"]
         for job in app.test_client().get("/v1/jobs").get_json()
+        if job["job_name"] == JOB[0]
     }
     assert intervals == {"db-01": 100, "db-02": 200, "db-03": 100}
+
+
+# --- jobs that never reported ------------------------------------------------------------------
+
+OFFSITE = ("offsite-sync", "nas-01")
+
+
+def test_a_named_job_that_never_reported_is_listed_and_turns_late(make_app, clock):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600})
+    job = only_job(app)
+    assert (job["job_name"], job["agent_id"], job["runs"], job["state"]) == (*OFFSITE, 0, "new")
+    assert job["next_expected_at"] == "2026-05-01T03:00:00.000000Z"  # an hour after start
+    assert (job["last_run"], job["last_success_at"], job["flags"]) == (None, None, [])
+    clock.moment = T0 + timedelta(hours=1, minutes=30)  # grace: half the interval
+    assert only_job(app)["state"] == "new"
+    clock.moment += timedelta(seconds=1)
+    assert only_job(app)["state"] == "late"
+    save(app, run_at(5400, job=OFFSITE))
+    job = only_job(app)
+    assert (job["runs"], job["state"], job["last_run"]["agent_id"]) == (1, "ok", OFFSITE[1])
+
+
+def test_a_never_reported_cron_job_expects_the_first_slot_after_start(make_app):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "cron": "30 4 * * *"})
+    job = only_job(app)
+    assert (job["schedule"], job["next_expected_at"]) == ("cron", "2026-05-01T04:30:00.000000Z")
+    assert job["expected_interval_seconds"] == DAY
+
+
+def test_a_never_reported_job_without_a_schedule_is_new_for_good(make_app, clock):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "min_bytes": 10})
+    clock.moment = T0 + timedelta(days=400)
+    job = only_job(app)
+    assert (job["state"], job["next_expected_at"], job["schedule"]) == ("new", None, "inferred")
+
+
+def test_an_entry_without_an_agent_lists_no_job_until_one_reports(make_app):
+    app = make_app({"job_name": OFFSITE[0], "interval_seconds": 3600})
+    assert app.test_client().get("/v1/jobs").get_json() == []
+
+
+def test_never_reported_jobs_come_first_in_their_state(make_app, clock):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 60})
+    save(app, run_at(-3 * DAY), run_at(-2 * DAY), run_at(-DAY))  # late too, by now
+    clock.moment = T0 + timedelta(days=2)
+    listed = [(job["job_name"], job["state"]) for job in app.test_client().get("/v1/jobs").json]
+    assert listed == [(OFFSITE[0], "late"), (JOB[0], "late")]
 
 
 def test_min_bytes_and_require_encryption_raise_flags(make_app):
@@ -235,3 +285,39 @@ def test_the_schema_names_every_setting_the_loader_knows():
     schema = json.loads((ROOT / "jobs.schema.json").read_text())
     keys = set(schema["$defs"]["job"]["properties"]) - {"comment"}
     assert keys == set(JobOverride.__dataclass_fields__)
+
+
+def test_a_never_reported_job_has_late_and_schedule_gauges_but_no_last_run(make_app, clock):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600})
+    clock.moment = T0 + timedelta(hours=2)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    samples = {
+        (sample.name, sample.labels.get("flag")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if (sample.labels["job_name"], sample.labels["agent_id"]) == OFFSITE
+    }
+    assert samples == {
+        ("backup_job_late", None): 1.0,
+        ("backup_job_expected_interval_seconds", None): 3600.0,
+        ("backup_job_muted", None): 0.0,
+        ("backup_job_flag", "size_drop"): 0.0,
+        ("backup_job_flag", "duration_anomaly"): 0.0,
+        ("backup_job_flag", "unencrypted"): 0.0,
+    }
+
+
+def test_the_overview_names_jobs_that_never_reported_until_they_do(make_app, clock):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600})
+    save(app, run_at(0))  # another job, so the page shows its table too
+    clock.moment = T0 + timedelta(hours=2)
+    client = app.test_client()
+    text = client.get("/").get_data(as_text=True)
+    section = re.search(r'<section class="[^"]*never-reported.*?</section>', text, re.S).group(0)
+    assert f"<strong>{OFFSITE[0]}</strong>" in section
+    assert ">late<" in section
+    assert "first run expected" in section and "2026-05-01 03:00" in section
+    late_card = re.search(r'card-late[^>]*>\s*<span class="card-count">(\d+)<', text)
+    assert late_card.group(1) == "1"  # the overdue job counts among the late ones
+    save(app, run_at(7200, job=OFFSITE))
+    assert "never-reported" not in client.get("/").get_data(as_text=True)
