@@ -2,8 +2,10 @@
 
 Lays down a store of N runs from outside (plain files, as rsync would), starts `python app.py`
 on it, and measures: cold start to the first listing, warm single GET against warm listings,
-resident memory, and durable POST throughput against a bare loop of the same atomic write.
-Concurrent load comes from wrk when it is installed, else from Python threads.
+resident memory, and durable POST throughput against a bare loop of the same atomic write,
+with bench/reference_server.py (Flask under waitress doing only that write) alongside to show
+what the stack itself allows. Concurrent load comes from wrk when it is installed, else from
+Python threads.
 
     .venv/bin/python bench/bench.py --sizes 10000,100000 --csv bench/results/latest.csv
 """
