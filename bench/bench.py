@@ -201,9 +201,15 @@ done = function(summary, latency, requests)
 end
 """
 
+# Each wrk thread gets its own id prefix from setup(): an unseeded math.random gave every
+# thread, and every run of wrk, the same ids, so most "new" runs were overwrites.
 WRK_POST = """
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("prefix", "bench-" .. os.time() .. "-" .. threads .. "-")
+end
 local counter = 0
-local prefix = "bench-" .. tostring(math.random(1, 2^30)) .. "-"
 request = function()
   counter = counter + 1
   local body = '{"run_id":"' .. prefix .. counter .. '","job_name":"bench-post",' ..
