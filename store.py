@@ -1307,6 +1307,10 @@ class _Watcher:
     """
 
     POLL_SECONDS = 1.0
+    # After the first event, wait this long for more and take them all at once. Under a
+    # stream of POSTs, waking for each one's events cost about a seventh of the throughput
+    # (every wake is a GIL hand-over); outside changes still show within 2 s.
+    BATCH_SECONDS = 0.05
 
     def __init__(self, store: RunStore):
         self._store = store
@@ -1362,7 +1366,7 @@ class _Watcher:
     def _wait_for_events(self) -> list:
         """Return inotify events, waiting up to 250 ms for some, or none once stop() is called."""
         ready = self._poller.poll(250)
-        if self._stop.is_set() or not ready:
+        if self._stop.is_set() or not ready or self._stop.wait(self.BATCH_SECONDS):
             return []
         return self._inotify.read(timeout=0)
 

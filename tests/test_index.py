@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sortedcontainers import SortedList
 
-from store import POSTING_FIELDS, RunQuery, RunStore, _presorted, file_name_for
+from store import POSTING_FIELDS, RunQuery, RunStore, _presorted, _Watcher, file_name_for
 
 RUN_IDS = ["a", "b", "run/2026:1", ".hidden", "x y", "ü"]
 JOBS = ["db", "files"]
@@ -449,3 +449,19 @@ def test_a_file_seen_gone_and_then_saved_again_stays_indexed(store_dir, monkeypa
     monkeypatch.setattr(os, "stat", stat_seen_before_the_save)
     store.refresh("r.json")
     assert "r" in store
+
+
+def test_the_watcher_takes_the_events_of_a_burst_in_one_read(store_dir, monkeypatch):
+    """After the first event it waits a moment, so a stream of writes costs few wake-ups."""
+    store = RunStore(store_dir, watch=False)
+    watcher = _Watcher(store)  # not started: this test calls it by hand
+    try:
+        (store_dir / "a.json").write_text("{}")
+        # The wait after the first event is when the rest of a burst lands; here, one more file.
+        monkeypatch.setattr(
+            watcher._stop, "wait", lambda seconds: (store_dir / "b.json").write_text("{}") and False
+        )
+        names = {event.name for event in watcher._wait_for_events()}
+        assert names == {"a.json", "b.json"}
+    finally:
+        watcher.stop()
