@@ -142,7 +142,8 @@ def with_monitoring(rows: list[JobRow]) -> tuple[list[JobRow], bool, list[jobs.J
 
     Rows are copied, so the cached ones stay as they are. The second value tells whether
     monitoring answered, and with it whether the page shows states and the late card. The
-    third lists the jobs the jobs file names that have never reported, worst state first.
+    third lists the jobs the jobs file names that have never reported and are not muted, worst
+    state first.
     """
     if "jobs" not in current_app.extensions:
         return rows, False, []
@@ -154,7 +155,9 @@ def with_monitoring(rows: list[JobRow]) -> tuple[list[JobRow], bool, list[jobs.J
         if summary is not None:
             row = replace(row, state=summary.state, flags=tuple(summary.flags))
         monitored.append(row)
-    return monitored, True, [summary for summary in summaries if summary.runs == 0]
+    # A muted job needs no one's attention, reported or not.
+    never_reported = [job for job in summaries if job.runs == 0 and job.state != "muted"]
+    return monitored, True, never_reported
 
 
 # --- formatting ------------------------------------------------------------------------------

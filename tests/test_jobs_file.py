@@ -308,13 +308,17 @@ def test_a_never_reported_job_has_late_and_schedule_gauges_but_no_last_run(make_
 
 
 def test_the_overview_names_jobs_that_never_reported_until_they_do(make_app, clock):
-    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600})
+    app = make_app(
+        {"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600},
+        {"job_name": "retired-job", "agent_id": "old-nas", "muted": True},
+    )
     save(app, run_at(0))  # another job, so the page shows its table too
     clock.moment = T0 + timedelta(hours=2)
     client = app.test_client()
     text = client.get("/").get_data(as_text=True)
     section = re.search(r'<section class="[^"]*never-reported.*?</section>', text, re.S).group(0)
     assert f"<strong>{OFFSITE[0]}</strong>" in section
+    assert "retired-job" not in text  # muted: it needs no one's attention
     assert ">late<" in section
     assert "first run expected" in section and "2026-05-01 03:00" in section
     late_card = re.search(r'card-late[^>]*>\s*<span class="card-count">(\d+)<', text)
