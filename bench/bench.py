@@ -78,25 +78,28 @@ def free_port() -> int:
 class Server:
     """`python app.py` on a store, with the time from process start to its first listing."""
 
+    READY_PATH = "/v1/backup-runs?limit=100"
+
     def __init__(self, store: Path, threads: int):
-        self.port = free_port()
-        env = dict(os.environ, STORE_DIR=str(store), PORT=str(self.port), THREADS=str(threads))
+        env = dict(os.environ, STORE_DIR=str(store), THREADS=str(threads))
         env.pop("API_TOKENS", None)
+        self._start([sys.executable, str(ROOT / "app.py")], env)
+
+    def _start(self, command: list[str], env: dict | None = None) -> None:
+        """Run command with PORT set, and wait until READY_PATH answers 200."""
+        self.port = free_port()
+        env = dict(env or os.environ, PORT=str(self.port))
         started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         while True:
             try:
-                status, _ = request(self.port, "GET", "/v1/backup-runs?limit=100")
-                if status == 200:
+                if request(self.port, "GET", self.READY_PATH)[0] == 200:
                     break
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError("server exited during start") from None
+                    raise RuntimeError(f"{command[1]} exited during start") from None
                 time.sleep(0.01)
         self.cold_start = time.perf_counter() - started
 
@@ -113,34 +116,14 @@ class Server:
         self.process.wait(timeout=30)
 
 
-class ReferenceServer:
+class ReferenceServer(Server):
     """bench/reference_server.py: a Flask app under waitress that only does the atomic write."""
 
-    def __init__(self, folder: Path, threads: int):
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "reference_server.py"),
-                *(str(folder), str(self.port), str(threads)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if request(self.port, "GET", "/")[0] == 200:
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("reference server did not start") from None
-                time.sleep(0.01)
+    READY_PATH = "/"
 
-    def stop(self) -> None:
-        """Stop the server."""
-        self.process.terminate()
-        self.process.wait(timeout=30)
+    def __init__(self, folder: Path, threads: int):
+        script = str(ROOT / "bench" / "reference_server.py")
+        self._start([sys.executable, script, str(folder), str(threads)])
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:

@@ -5,7 +5,7 @@ the registry's own work costs from what the stack (one CPython process, its GIL,
 threads) and the disk cost. It writes each body the way the store does (temp file, write,
 fsync, rename, grouped folder fsync), under names the registry ignores, and checks nothing.
 
-    python bench/reference_server.py FOLDER PORT THREADS
+    PORT=8099 python bench/reference_server.py FOLDER THREADS
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def create_reference_app(folder: Path) -> Flask:
 
 
 def main() -> int:
-    """Serve the reference app on loopback until stopped."""
-    folder, port, threads = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    """Serve the reference app on loopback, on the port PORT names (as app.py), until stopped."""
+    folder, threads, port = Path(sys.argv[1]), int(sys.argv[2]), int(os.environ["PORT"])
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     serve(create_reference_app(folder), host="127.0.0.1", port=port, threads=threads)
     return 0
