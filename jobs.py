@@ -556,8 +556,10 @@ class JobMonitor:
         """Recompute the jobs whose counter moved; return False if one must be looked at again."""
         complete = True
         versions = self.store.job_versions()
+        expected = {(entry.job_name, entry.agent_id) for entry in self.overrides.named_jobs()}
         for gone in self._stats.keys() - versions.keys():
-            del self._stats[gone]
+            if self._stats[gone].count or gone not in expected:  # else still never reported
+                del self._stats[gone]
         for job, version in versions.items():
             cached = self._stats.get(job)
             if cached is not None and cached.version == version:
@@ -572,6 +574,7 @@ class JobMonitor:
                 # Deleted since the index was read: keep what we know, and look again next time.
                 last_run, version, complete = None, None, False
             self._stats[job] = JobStats(job, version, runs, self.overrides.for_job(*job), last_run)
+        # Built once and kept while the job has no run, not again at every change of the store.
         for override in self.overrides.named_jobs():
             job = (override.job_name, override.agent_id)
             if job not in self._stats:

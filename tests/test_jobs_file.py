@@ -148,6 +148,14 @@ def test_a_named_job_that_never_reported_is_listed_and_turns_late(make_app, cloc
     assert (job["runs"], job["state"], job["last_run"]["agent_id"]) == (1, "ok", OFFSITE[1])
 
 
+def test_a_never_reported_job_is_not_recomputed_when_other_jobs_report(make_app):
+    app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "cron": "0 3 * * *"})
+    monitor = app.extensions["jobs"]
+    (before,) = monitor.stats()
+    save(app, run_at(0))
+    assert before in monitor.stats()  # the same object: its schedule was not worked out again
+
+
 def test_a_never_reported_cron_job_expects_the_first_slot_after_start(make_app):
     app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "cron": "30 4 * * *"})
     job = only_job(app)
