@@ -1009,6 +1009,7 @@ class RunStore:
         scan_started = time.time_ns()
         names = self._list_folder()
         self.sweep_temp_files(names=names)
+        self._snapshot.sweep_temp_files()
         snapshot = self._snapshot.load()
         run_files = 0
         kept: set[str] = set()
@@ -1199,6 +1200,8 @@ class _IndexSnapshot:
     def __init__(self, directory: Path):
         self.path = directory.parent / f".{directory.name}.index-snapshot"
         self.version = -1  # the index version last written
+        # What write() names its temp files, and nothing else: only those are ever swept.
+        self._temp_name = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{32}\.tmp")
 
     def load(self) -> dict[str, list]:
         """Return run_id -> snapshot row for every trustworthy row, or {} if there are none."""
@@ -1227,6 +1230,31 @@ class _IndexSnapshot:
             raise ValueError("malformed row")
         if not (row[4].__class__ is row[6].__class__ is row[7].__class__ is str):
             raise ValueError("malformed row")
+
+    def sweep_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Remove temp files a killed write() left beside the store; return how many.
+
+        Each is a partial copy of the index (180 MB at a million runs), and nothing else would
+        ever remove it. Young ones may belong to a write still running, so they stay.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        try:
+            with os.scandir(self.path.parent) as entries:
+                for entry in entries:
+                    if not self._temp_name.fullmatch(entry.name):
+                        continue
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
+                    except FileNotFoundError:
+                        pass  # another process swept it first
+        except OSError as exc:
+            log.warning("cannot sweep old index snapshot temp files: %s", exc.strerror)
+        if removed:
+            log.info("removed %d stale index snapshot temp file(s)", removed)
+        return removed
 
     def write(self, summaries: list[RunSummary], version: int) -> None:
         """Write the snapshot atomically; a failure is logged and costs only a slower start."""

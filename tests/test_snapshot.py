@@ -205,3 +205,22 @@ def test_packed_signatures_match_only_the_exact_stat_and_skip_numbers_too_big(tm
     later = [*exact]
     later[3] += 1  # ctime moved: written again, even if size and mtime were put back
     assert not store_module._Signatures.of({"r1": later}).match("r1", st)
+
+
+def test_a_start_sweeps_old_snapshot_temp_files_left_by_a_killed_write(store_dir):
+    """A write killed half-way leaves its temp file beside the store; the next start removes it."""
+    aged_store(store_dir).close()
+    snapshot = snapshot_path(store_dir)
+    stale = time.time() - store_module.STALE_TEMP_SECONDS - 60
+    old = snapshot.with_name(f"{snapshot.name}.{'a' * 32}.tmp")
+    young = snapshot.with_name(f"{snapshot.name}.{'b' * 32}.tmp")  # a write may still be running
+    not_ours = snapshot.with_name(f"{snapshot.name}.backup.tmp")
+    other_store = store_dir.parent / f".other{snapshot.name}.{'c' * 32}.tmp"
+    for path in (old, young, not_ours, other_store):
+        path.write_text('{"format": 1, "written_ns": 1}\n[[1, 2')
+    for path in (old, not_ours, other_store):
+        os.utime(path, (stale, stale))
+    restarted = RunStore(store_dir, watch=False)
+    assert not old.exists()
+    assert young.exists() and not_ours.exists() and other_store.exists()
+    assert snapshot.exists() and restarted.files_read_at_start == 0
