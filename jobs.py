@@ -73,8 +73,9 @@ class JobOverride:
 class Overrides:
     """The jobs file's entries by job; an entry naming the agent beats one that does not."""
 
-    def __init__(self, entries: Iterable[JobOverride] = ()):
+    def __init__(self, entries: Iterable[JobOverride] = (), changed_at: float | None = None):
         self._entries = {(entry.job_name, entry.agent_id): entry for entry in entries}
+        self.changed_at = changed_at  # the file's modification time, if read from a file
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -98,6 +99,7 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         raise JobsFileError(f"{where}: must not be inside STORE_DIR, which holds runs only")
     try:
         text = file.read_text(encoding="utf-8")
+        changed_at = file.stat().st_mtime
     except FileNotFoundError:
         raise JobsFileError(f"{where}: no such file") from None
     except UnicodeDecodeError:
@@ -119,8 +121,11 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         raise JobsFileError(f"{where}: {'; '.join(sorted(problems))}")
     fields = JobOverride.__dataclass_fields__
     return Overrides(
-        JobOverride(**{key: value for key, value in entry.items() if key in fields})
-        for entry in data["jobs"]
+        (
+            JobOverride(**{key: value for key, value in entry.items() if key in fields})
+            for entry in data["jobs"]
+        ),
+        changed_at,
     )
 
 
@@ -244,8 +249,8 @@ def first_schedule(
 ) -> tuple[str, float | None, float | None, float | None]:
     """Return (source, interval, first expected start, grace) of a job that never reported.
 
-    Its first run is expected one interval after since (when the registry began to watch
-    for it), or at the first cron slot after since; with no schedule set, none is expected.
+    Its first run is expected one interval after since (when the registry began to expect
+    it), or at the first cron slot after since; with no schedule set, none is expected.
     """
     if override.cron is not None:
         zone = ZoneInfo(override.timezone)
@@ -523,7 +528,7 @@ class JobMonitor:
     """Keeps every job's statistics current with the store, recomputing only changed jobs.
 
     Jobs the jobs file names (agent included) are listed even before their first report;
-    `since` is when the registry began to expect them, the time it started.
+    `since` is when the registry began to expect them (see expected_since).
     """
 
     def __init__(self, store: RunStore, overrides: Overrides | None = None, since: float = 0.0):
@@ -700,12 +705,23 @@ class MetricsPage:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
+def expected_since(overrides: Overrides, now: float) -> float:
+    """Return when the jobs file's entries began to be expected: when it last changed.
+
+    Not when this process started: a registry restarted more often than a job's interval
+    plus grace would never call a job that never reported late. A file time in the future
+    (a skewed clock, a copy from another machine) counts as now.
+    """
+    if overrides.changed_at is None:
+        return now
+    return min(overrides.changed_at, now)
+
+
 def register(app: Flask, overrides: Overrides | None = None) -> None:
     """Add GET /v1/jobs and GET /metrics to app, over its store and the jobs file's overrides."""
-    # Jobs the file names are expected from now on. The clock is read only when there are
-    # some: a test's clock may tick once per reading.
+    # The clock is read only when some job is expected: a test's clock may tick per reading.
     expecting = overrides is not None and overrides.named_jobs()
-    since = app.config["CLOCK"]().timestamp() if expecting else 0.0
+    since = expected_since(overrides, app.config["CLOCK"]().timestamp()) if expecting else 0.0
     monitor = JobMonitor(app.extensions["store"], overrides, since)
     app.extensions["jobs"] = monitor
     page = MetricsPage(monitor)

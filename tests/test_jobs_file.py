@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,8 +33,10 @@ def make_app(app_config: dict, jobs_file: Path, clock: Clock):
     """Build an app over a jobs file holding the given entries; close its store afterwards."""
     apps = []
 
-    def build(*entries: dict):
+    def build(*entries: dict, changed_at: datetime | None = None):
         jobs_file.write_text(json.dumps({"jobs": list(entries)}))
+        if changed_at is not None:
+            os.utime(jobs_file, (changed_at.timestamp(), changed_at.timestamp()))
         config = {**app_config, "JOBS_FILE": str(jobs_file), "CLOCK": clock, "WATCH_STORE": "0"}
         apps.append(create_app(config))
         return apps[-1]
@@ -146,6 +149,22 @@ def test_a_named_job_that_never_reported_is_listed_and_turns_late(make_app, cloc
     save(app, run_at(5400, job=OFFSITE))
     job = only_job(app)
     assert (job["runs"], job["state"], job["last_run"]["agent_id"]) == (1, "ok", OFFSITE[1])
+
+
+def test_a_restart_does_not_restart_the_wait_for_a_first_report(make_app, clock):
+    """The wait counts from when the jobs file last changed, not from the process's start."""
+    entry = {"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600}
+    make_app(entry, changed_at=T0)
+    clock.moment = T0 + timedelta(hours=2)
+    restarted = make_app(entry, changed_at=T0)  # the same file, read by a new process
+    job = only_job(restarted)
+    assert (job["next_expected_at"], job["state"]) == ("2026-05-01T03:00:00.000000Z", "late")
+
+
+def test_a_jobs_file_time_in_the_future_counts_as_now(make_app):
+    entry = {"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600}
+    app = make_app(entry, changed_at=T0 + timedelta(days=10))  # a skewed clock, say
+    assert only_job(app)["next_expected_at"] == "2026-05-01T03:00:00.000000Z"
 
 
 def test_a_never_reported_job_is_not_recomputed_when_other_jobs_report(make_app):
