@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -12,6 +17,7 @@ import pytest
 
 import store as store_module
 from store import RunStore
+from tests.conftest import ROOT
 from tests.test_index import index_view, run_record
 
 
@@ -176,6 +182,67 @@ def test_a_loader_process_that_dies_costs_time_not_runs(store_dir, monkeypatch, 
         restarted = RunStore(store_dir, watch=False)
     assert "loader processes failed" in caplog.text
     assert index_view(restarted) == expected
+
+
+def process_is_gone(pid: int) -> bool:
+    """Tell whether pid has exited: no longer in /proc, or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def children_of(parent: int) -> list[int]:
+    """The pids of parent's child processes, from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    children.append(int(entry.name))
+    return children
+
+
+def test_loader_processes_do_not_outlive_a_server_killed_during_its_start(store_dir, tmp_path):
+    """A stop or a crash during a long start must not leave loaders running, blocked, for good."""
+    mixed_folder(store_dir)
+    pid_folder = tmp_path / "loaders"
+    pid_folder.mkdir()
+    # A server process whose loaders stall, as on a huge folder: one writes a mark, then waits.
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import store
+        store.PARALLEL_LOAD_MIN_FILES = 1
+        store.load_worker_count = lambda: 2
+        def stalled_check(*args):
+            open(os.path.join({str(pid_folder)!r}, str(os.getpid())), "w").close()
+            time.sleep(60)
+        store._check_files = stalled_check
+        store.RunStore({str(store_dir)!r}, watch=False)
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", script])
+    loaders: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while not any(pid_folder.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loaders = children_of(server.pid)
+        assert len(loaders) == 2, "the loader processes never started"
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not all(process_is_gone(pid) for pid in loaders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(process_is_gone(pid) for pid in loaders), "loaders outlived their server"
+    finally:
+        server.kill()
+        for pid in loaders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_snapshot_lists_runs_newest_first(store_dir):
