@@ -179,6 +179,16 @@ def effective_encryption(run: dict) -> bool | None:
     return None
 
 
+def _timestamp_field(run: dict, field: str) -> datetime:
+    """Parse run[field] as a date-time; a ValueError names the field, for the operator's log."""
+    if field not in run:
+        raise ValueError(f"{field} is missing")
+    try:
+        return parse_timestamp(run[field])
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
 class RunSummary:
     """What the index keeps of one run: enough to sort, filter and summarise without the file."""
 
@@ -214,9 +224,9 @@ class RunSummary:
         self.job_name = sys.intern(run["job_name"])
         self.agent_id = sys.intern(run["agent_id"])
         self.status = sys.intern(run["status"])
-        self.start_ts = parse_timestamp(run.get("start_time")).timestamp()
-        self.end_ts = parse_timestamp(run.get("end_time")).timestamp()
-        self.received_us = to_micros(parse_timestamp(run.get("received_at")))
+        self.start_ts = _timestamp_field(run, "start_time").timestamp()
+        self.end_ts = _timestamp_field(run, "end_time").timestamp()
+        self.received_us = to_micros(_timestamp_field(run, "received_at"))
         self.bytes_backed_up = size
         self.encrypted = effective_encryption(run)
         self.encryption_status = run.get("encryption_status")

@@ -303,6 +303,22 @@ def test_broken_file_at_start_is_skipped_with_a_warning(start_client, store_dir,
     assert client.get(f"{RUNS}/broken").status_code == 404
 
 
+def test_a_skipped_file_s_warning_names_the_field_at_fault(start_client, store_dir, caplog):
+    """A run file written by hand from a POST body lacks received_at: the log must say so."""
+    store_dir.mkdir()
+    unstamped = stored_run("unstamped")
+    del unstamped["received_at"]
+    drop_in(store_dir, "unstamped.json", unstamped)
+    drop_in(store_dir, "bad-start.json", {**stored_run("bad-start"), "start_time": "yesterday"})
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+    assert "received_at is missing" in warnings_about(caplog, "unstamped.json")[0]
+    (warning,) = warnings_about(caplog, "bad-start.json")
+    assert "start_time: not an ISO 8601 date-time" in warning
+
+
 def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_dir, caplog):
     client = start_client()
     client.post(RUNS, json=make_run("good"))
