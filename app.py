@@ -589,7 +589,10 @@ def parse_list_query(args) -> RunQuery:
             try:
                 moment = parse_timestamp(args[name], date_only_ok=True)
             except (ValueError, OverflowError):
-                raise ApiError(f"{name}: must be an ISO 8601 date or date-time") from None
+                hint = ""
+                if " " in args[name]:  # '+01:00' typed into a URL arrives as ' 01:00'
+                    hint = "; write a '+' in a URL as %2B, or give the time in UTC with Z"
+                raise ApiError(f"{name}: must be an ISO 8601 date or date-time{hint}") from None
             setattr(query, f"{name}_us", to_micros(moment))
     if "encrypted" in args:
         if args["encrypted"] not in ("true", "false"):

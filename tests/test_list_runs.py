@@ -147,6 +147,19 @@ def test_since_understands_iso_8601_forms(client, clock, local_time_not_utc, sin
     assert listed_ids(client, since=since) == ["r3", "r2"]
 
 
+def test_an_offset_whose_plus_became_a_space_gets_a_hint(client):
+    """curl sends '?since=...T05:00:02+02:00' as typed, and '+' in a query string is a space."""
+    response = client.get(f"{RUNS}?since=2026-05-12T05:00:02+02:00")
+
+    assert response.status_code == 400
+    assert response.get_json()["error"] == (
+        "since: must be an ISO 8601 date or date-time; write a '+' in a URL as %2B, "
+        "or give the time in UTC with Z"
+    )
+    error = client.get(f"{RUNS}?until=yesterday").get_json()["error"]
+    assert error == "until: must be an ISO 8601 date or date-time"
+
+
 def test_since_may_be_a_date(client, clock):
     post_runs(client, clock, make_run("r1"))
 
