@@ -356,7 +356,22 @@ def authenticate() -> str | None:
         and _is_loopback(request.environ.get("REMOTE_ADDR"))
         and not any(name in request.headers for name in PROXY_HEADERS)
     ):
+        # Admitted, as the original admitted every local request; but an agent tested on
+        # this host with a wrong token would pass here and fail from its own: say so.
+        presents = "Authorization" in request.headers or "X-API-Key" in request.headers
+        if presents and _checked_credentials() is None:
+            auth_log.warning(
+                "wrong credentials from %s admitted by the localhost bypass; "
+                "from another host they would be refused",
+                request.remote_addr,
+            )
         return "bypass"
+    return _checked_credentials()
+
+
+def _checked_credentials() -> str | None:
+    """Return 'token' or 'basic' if the request carries valid credentials, else None."""
+    config = current_app.config
     tokens = config["API_TOKENS"]
     header = request.headers.get("Authorization", "")
     if tokens:

@@ -148,6 +148,29 @@ def test_host_header_plays_no_part(client):
     assert loopback_with_public_host.status_code == 200
 
 
+def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, caplog):
+    """As the original did; but an agent tested on the registry's host must learn its token is
+    wrong before it runs on its own host, where it would get 401."""
+    caplog.set_level(logging.WARNING)
+    wrong_token = client.post(RUNS, json=make_run(), headers={"Authorization": "Bearer tok-X"})
+    wrong_password = client.get(RUNS, headers=basic(USER, "guess"))
+    right = client.get(RUNS, headers={"X-API-Key": "tok-beta-93ab"})
+    without = client.get(RUNS)
+
+    statuses = [r.status_code for r in (wrong_token, wrong_password, right, without)]
+    assert statuses == [201, 200, 200, 200]
+    warnings = [r.getMessage() for r in caplog.records if "bypass" in r.getMessage()]
+    assert (
+        warnings
+        == [
+            "wrong credentials from 127.0.0.1 admitted by the localhost bypass; "
+            "from another host they would be refused"
+        ]
+        * 2
+    )
+    assert "tok-X" not in caplog.text and "guess" not in caplog.text
+
+
 @pytest.mark.parametrize("setting", ["0", "false", "no", "off", False])
 def test_localhost_bypass_can_be_turned_off(start_client, setting):
     client = start_client(LOCALHOST_BYPASS=setting)
