@@ -516,7 +516,7 @@ def example_curl() -> str:
         {"bytes_backed_up": 1073741824, "encrypted": True},
     ]
     body = ",\n       ".join(json.dumps(fields)[1:-1] for fields in field_lines)
-    auth = '  -H "Authorization: Bearer $TOKEN" \\\n' if current_app.config["API_TOKENS"] else ""
+    auth = '  -H "Authorization: Bearer $REGISTRY_TOKEN" \\\n' if current_app.config["API_TOKENS"] else ""
     return (
         f"curl -sS -X POST {request.url_root}v1/backup-runs \\\n{auth}"
         "  -H 'Content-Type: application/json' \\\n"

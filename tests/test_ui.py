@@ -81,7 +81,7 @@ def test_empty_state_curl_carries_a_token_header_when_tokens_are_set(app_config)
     application = app_module.create_app({**app_config, "API_TOKENS": "t0ken"})
     try:
         text = page(application.test_client(), "/")
-        assert "-H &#34;Authorization: Bearer $TOKEN&#34; \\" in text
+        assert "-H &#34;Authorization: Bearer $REGISTRY_TOKEN&#34; \\" in text
     finally:
         application.extensions["store"].close()
 
