@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import jsonschema
 from flask import Flask, Response, current_app, g, request
@@ -424,6 +424,16 @@ class RunIdConverter(PathConverter):
     # not the promised 204 (schemathesis found it).
     regex = "(?s:.+?)"
     part_isolating = False
+
+    def to_url(self, value: str) -> str:
+        """Percent-encode a run id for a URL path, its '/' included.
+
+        Left as '/', the id 'x/../victim' made the link /run/x/../victim, which browsers
+        shorten to /run/victim: the dashboard opened, and deleted, another run. Encoded, the
+        id is one path segment that no browser rewrites (an id that is only '.' or '..' stays
+        out of a browser's reach, but no other run's URL can be made from it).
+        """
+        return quote(value, safe="!$&'()*+,:;=@")
 
 
 def create_app(test_config: dict | None = None) -> Flask:

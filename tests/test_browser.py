@@ -87,7 +87,7 @@ def post_runs(server, runs: list[dict], auth: tuple[str, str] | None = None) -> 
 
 def run_exists(server, run_id: str, auth: tuple[str, str] | None = None) -> bool:
     """Ask the API whether run_id is stored."""
-    path = requests.utils.quote(run_id, safe="/:")
+    path = requests.utils.quote(run_id, safe="")  # a '/' left as is lets '..' be resolved
     response = requests.get(f"{server.url}{RUNS}/{path}", auth=auth, timeout=10)
     assert response.status_code in (200, 404), response.text
     return response.status_code == 200
@@ -180,6 +180,30 @@ def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, 
     finally:
         page.context.close()
     assert problems.messages == []
+
+
+def test_a_run_id_with_dot_dot_segments_opens_and_deletes_that_run_only(
+    live_server_factory, page: Page
+):
+    """Browsers drop '..' segments from a URL's path: an id with '/../' must not be left as
+    path segments, or its link opens (and its delete button deletes) another run."""
+    server = live_server_factory()
+    trap = "x/../victim"
+    post_runs(
+        server,
+        [
+            make_run("victim", job_name="important-db"),
+            make_run(trap, job_name="scratch", status="failure"),
+        ],
+    )
+    page.goto(server.url + "/?job=scratch")
+    page.locator("table.jobs tbody tr").first.get_by_role("link", name="Failed").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(trap)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete run…").click()
+    page.wait_for_url(re.compile(r"/\?deleted="))
+    assert not run_exists(server, trap)
+    assert run_exists(server, "victim")
 
 
 def test_another_sites_form_cannot_write_through_the_operators_browser(
