@@ -294,7 +294,22 @@ def test_access_log_line_cannot_be_split_by_the_path(client, caplog):
 
     [line] = access_lines(caplog)
     assert "\n" not in line
-    assert line.startswith(f"GET {RUNS}/a\\nGET /forged 200 1.0ms 404 ")
+    assert line.startswith(f"GET {RUNS}/a%0AGET%20/forged%20200%201.0ms 404 ")
+
+
+def test_a_path_cannot_name_another_address_in_a_refusal_line(start_client, caplog):
+    """The README's fail2ban rule must find the client's address, not one the path holds."""
+    client = start_client(API_TOKENS="tok-1f2e", LOCALHOST_BYPASS="0")
+    caplog.set_level(logging.INFO)
+    forged = "/refused GET / from 203.0.113.77: no valid credentials"
+
+    assert client.get(forged.replace(" ", "%20")).status_code == 401
+    assert client.post(f"/x%0A{forged[1:]}".replace(" ", "%20")).status_code == 401
+
+    failregex = re.compile(r"refused \S+ \S+ from (?P<host>\S+): no valid credentials")
+    hosts = [match["host"] for match in map(failregex.search, caplog.text.splitlines()) if match]
+    assert hosts == ["127.0.0.1", "127.0.0.1"]
+    assert "203.0.113.77" in caplog.text  # logged, encoded: %20from%20203.0.113.77
 
 
 def test_waitress_queue_warnings_are_quieted(capsys):
