@@ -273,6 +273,11 @@ def bad_json_encoding(text: str) -> bytes:
         pytest.param(
             json.dumps(make_run(metadata={"x": float("-inf")})).encode(), "Infinity", id="-inf"
         ),
+        pytest.param(
+            json.dumps(make_run(metadata={"x": 1})).encode().replace(b'"x": 1', b'"x": 1e400'),
+            "the number 1e400 is too large",
+            id="too-large-for-a-double",
+        ),
         pytest.param(json.dumps(make_run(job_name="\ud800")).encode(), "surrogate", id="surr"),
         pytest.param(
             json.dumps(make_run(metadata={"\udc00": 1})).encode(), "surrogate", id="surr-key"
