@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import functools
 import hmac
 import ipaddress
@@ -352,7 +351,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
         return None
     user, colon, password = decoded.partition(":")
     return (user, password) if colon else None
@@ -417,8 +416,11 @@ def is_cross_site_write() -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return False
-    parts = urlsplit(origin)
-    return origin == "null" or parts.netloc.lower() != request.host.lower()
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # 'http://[' and the like: no origin of this server
+        return True
+    return origin == "null" or netloc.lower() != request.host.lower()
 
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Backup Registry", charset="UTF-8"'}
@@ -613,10 +615,12 @@ def parse_list_query(args) -> RunQuery:
     query = RunQuery()
     limit = args.get("limit")
     if limit is not None:
-        # isdigit() alone admits '²', which int() refuses.
-        if not (limit.isascii() and limit.isdigit()) or int(limit) < 1:
+        # isdigit() alone admits '²', which int() refuses; and int() refuses over 4,300 digits.
+        digits = limit.lstrip("0")
+        if not (limit.isascii() and limit.isdigit()) or not digits:
             raise ApiError("limit: must be a positive whole number")
-        query.limit = min(int(limit), MAX_LIMIT)
+        too_long = len(digits) > len(str(MAX_LIMIT))
+        query.limit = MAX_LIMIT if too_long else min(int(digits), MAX_LIMIT)
     for name in ("job_name", "agent_id"):
         value = args.get(name)
         if value is not None:
@@ -671,7 +675,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
             and isinstance(value[1], str)
         ):
             return (value[0], value[1])
-    except (ValueError, UnicodeError, binascii.Error):
+    except (ValueError, RecursionError):  # binascii.Error and UnicodeError are ValueErrors
         pass
     raise ApiError("cursor: not a cursor this server gave out; start again without it")
 

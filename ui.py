@@ -355,7 +355,10 @@ def parse_overview_filters(args) -> OverviewFilters:
             filters.problems.append(f"{name}: {text!r} is not a date; ignored")
             continue
         if name == "until" and len(text) == 10:
-            moment += timedelta(days=1)  # "until 12 May" means to the end of that day
+            try:
+                moment += timedelta(days=1)  # "until 12 May" means to the end of that day
+            except OverflowError:
+                continue  # the end of 9999-12-31: no bound at all
         setattr(filters, name, moment)
         setattr(filters, f"{name}_text", text)
     return filters
@@ -516,7 +519,9 @@ def example_curl() -> str:
         {"bytes_backed_up": 1073741824, "encrypted": True},
     ]
     body = ",\n       ".join(json.dumps(fields)[1:-1] for fields in field_lines)
-    auth = '  -H "Authorization: Bearer $REGISTRY_TOKEN" \\\n' if current_app.config["API_TOKENS"] else ""
+    auth = ""
+    if current_app.config["API_TOKENS"]:
+        auth = '  -H "Authorization: Bearer $REGISTRY_TOKEN" \\\n'
     return (
         f"curl -sS -X POST {request.url_root}v1/backup-runs \\\n{auth}"
         "  -H 'Content-Type: application/json' \\\n"
@@ -544,8 +549,12 @@ def history() -> tuple[str, int]:
         ), 404
     monitoring = job_monitoring(job_name, agent_id)
     page_count = math.ceil(len(runs) / HISTORY_PAGE_SIZE)
-    page = request.args.get("page", "1")
-    page = min(int(page), page_count) if page.isdigit() and int(page) >= 1 else 1
+    digits = request.args.get("page", "1").lstrip("0")
+    # isdigit() alone admits '²', which int() refuses; int() refuses over 4,300 digits.
+    if digits.isascii() and digits.isdigit():
+        page = min(int(digits) if len(digits) <= 9 else page_count, page_count)
+    else:
+        page = 1  # '0' too
     shown = runs[(page - 1) * HISTORY_PAGE_SIZE : page * HISTORY_PAGE_SIZE]
     return render_template(
         "history.html",

@@ -237,6 +237,7 @@ def test_secrets_never_appear_in_responses_or_logs(client, caplog):
         {"Origin": "https://evil.example"},
         {"Origin": "http://localhost.evil.example"},
         {"Origin": "null"},
+        {"Origin": "http://["},  # urlsplit raises ValueError (was a 500)
         {"Sec-Fetch-Site": "cross-site"},
     ],
 )

@@ -270,6 +270,7 @@ MALFORMED_BASIC = [
     pytest.param(basic(f"{USER}:{PASSWORD}")[:12] + "=" + basic("x")[6:], id="padding-inside"),
     pytest.param(basic(f"{USER}{PASSWORD}"), id="no-colon"),
     pytest.param(basic(b"\xff\xfe:\xff"), id="not-utf8"),
+    pytest.param("Basic \u00e9", id="not-ascii"),  # b64decode raises ValueError (was a 500)
     pytest.param(basic(f"{USER}:"), id="no-password"),
     pytest.param(basic(f":{PASSWORD}"), id="no-user"),
     pytest.param(basic(f"{USER}:{PASSWORD} "), id="password-padded"),

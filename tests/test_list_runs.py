@@ -196,6 +196,8 @@ def test_limit_above_1000_counts_as_1000(runs_1001, client, limit, count):
 
 def test_huge_limit_counts_as_1000(runs_1001, client):
     assert len(listed_ids(client, limit="9" * 40)) == 1000
+    assert len(listed_ids(client, limit="9" * 5000)) == 1000  # past int()'s 4,300 digits
+    assert len(listed_ids(client, limit="0" * 5000 + "2")) == 2
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 from datetime import UTC, datetime
@@ -87,6 +88,8 @@ def test_filters_combine(client, posted, query, expected):
         (f"q={'x' * 201}", "q"),
         ("cursor=not-a-cursor", "cursor"),
         ("cursor=WzEsMl0", "cursor"),  # valid base64 of [1,2]: not a position
+        # base64 of 5,000 '[': json.loads hits the recursion limit (it answered 500)
+        (f"cursor={base64.urlsafe_b64encode(b'[' * 5000).decode()}", "cursor"),
         ("limit=0", "limit"),
     ],
 )

@@ -209,6 +209,7 @@ def test_columns_sort_both_ways_and_keep_the_filters(client):
         ("until=2026-05-09", ["postgres-weekly"]),
         ("since=2026-05-11&until=2026-05-11", ["mail"]),  # until a date includes that day
         ("since=2026-05-11T12:00:00Z", ["postgres-daily"]),
+        ("until=9999-12-31", ["mail", "postgres-weekly", "postgres-daily"]),  # no day after it
     ],
 )
 def test_filters_narrow_the_jobs(client, query, expected):
@@ -374,6 +375,8 @@ def test_history_lists_runs_newest_first_in_pages(client):
     assert ids_2[0] == "r-05-13" and ids_2[-1] == "r-01-01" and len(ids_2) == 10
     assert 'rel="prev"' in second and 'rel="next"' not in second
     assert "Page 2 of 2" in page(client, url + "&page=99")  # past the end: the last page
+    assert "Page 2 of 2" in page(client, url + "&page=" + "9" * 5000)  # beyond int()'s reach
+    assert "Page 1 of 2" in page(client, url + "&page=²")  # a digit to isdigit(), not to int()
 
 
 def test_history_chart_marks_failed_and_partial_runs_with_shape_and_word(client):
