@@ -93,7 +93,13 @@ def _flag(text: str) -> bool:
 
 
 def _token_list(text: str) -> tuple[str, ...]:
-    return tuple(token.strip() for token in str(text).split(",") if token.strip())
+    tokens = tuple(token.strip() for token in str(text).split(",") if token.strip())
+    for number, token in enumerate(tokens, 1):
+        # A header reaches the app as Latin-1 text, so 'tökén' sent as UTF-8 never equals it:
+        # refused here, rather than a token that silently admits no one.
+        if not (token.isascii() and token.isprintable()):
+            raise ValueError(f"token {number} holds a character a header cannot carry; use ASCII")
+    return tokens
 
 
 SETTINGS.update(

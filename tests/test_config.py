@@ -152,6 +152,17 @@ def test_bad_settings_are_refused(environ, mentions):
         load_config({}, environ=environ)
 
 
+def test_a_token_no_header_can_carry_is_refused_without_showing_it():
+    """A header reaches the app as Latin-1, so a non-ASCII token would admit no one."""
+    with pytest.raises(ConfigError) as refused:
+        load_config({}, environ={"API_TOKENS": "plain-1, tökén-2"})
+    message = str(refused.value)
+    assert message == (
+        "environment variable API_TOKENS=(hidden) is invalid: "
+        "token 2 holds a character a header cannot carry; use ASCII"
+    )
+
+
 # --- refusing to start -----------------------------------------------------------------------
 
 
