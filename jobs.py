@@ -46,6 +46,9 @@ MIN_GRACE_SECONDS = 300.0
 DAY = 86_400.0
 UNENCRYPTED_STATUSES = ("unencrypted", "partial", "failed")
 SUCCESS_VALUE = {"success": 1.0, "partial": 0.5, "failure": 0.0}
+# The last moment a datetime can hold, 9999-12-31T23:59:59.999999Z, as Unix seconds. A float
+# cannot hold that microsecond: it rounds up to the next whole second.
+LAST_TIMESTAMP = datetime.max.replace(tzinfo=UTC).timestamp()
 
 
 class JobsFileError(ValueError):
@@ -232,6 +235,10 @@ def schedule_of(
         else:
             source, interval = "inferred", infer_interval(starts)
         expected = None if interval is None else last_start + interval
+        if expected is not None and expected > LAST_TIMESTAMP:
+            # Past the year 9999 there is no RFC 3339 time to show, and no clock will get
+            # there: no next start is expected, so the job is never late.
+            expected = None
     if interval is None:
         return source, None, None, None
     return source, interval, expected, grace_of(interval, override)

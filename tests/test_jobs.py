@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import make_run
 from jobs_support import DAY, HOUR, JOB, T0, app_config, clock, daily, run_at, save
+from prometheus_client.parser import text_string_to_metric_families
 
 import jobs
 from jobs import JobOverride, JobStats
-from store import RunSummary, file_name_for
+from store import RunSummary, file_name_for, format_timestamp
 
 # The app_config and clock fixtures come from jobs_support; naming them here registers them.
 __all__ = ["app_config", "clock"]
@@ -496,3 +497,51 @@ def test_success_rates_move_with_the_clock_alone(app, client, clock):
     clock.moment = T0 + timedelta(days=9, seconds=1)  # now every run has
     (job,) = client.get("/v1/jobs").get_json()
     assert (job["success_rate_7d"], job["success_rate_30d"]) == (None, 0.6667)
+
+
+# --- times at the ends of the calendar -------------------------------------------------------
+
+
+def post_runs(client, job: tuple[str, str], *starts: str) -> None:
+    """Report runs of job over HTTP, each five minutes long, starting at these times."""
+    for start in starts:
+        begin = datetime.fromisoformat(start)
+        run = make_run(
+            f"{job[0]}@{start}",
+            job_name=job[0],
+            agent_id=job[1],
+            start_time=start,
+            end_time=format_timestamp(begin + timedelta(minutes=5)),
+        )
+        assert client.post("/v1/backup-runs", json=run).status_code == 201
+
+
+def test_a_next_start_past_the_year_9999_is_not_expected(client, clock):
+    """A run reported in the year 9000 leaves no next start to expect, and breaks no answer."""
+    post_runs(client, JOB, *(format_timestamp(T0 + timedelta(days=day)) for day in range(3)))
+    post_runs(client, ("other", "b"), "2026-05-10T02:00:00Z", "2026-05-11T02:00:00Z")
+    post_runs(client, ("other", "b"), "9000-01-01T02:00:00Z")  # the median gap: ~3,500 years
+    clock.moment = T0 + timedelta(days=30)
+    response = client.get("/v1/jobs")
+    assert response.status_code == 200
+    listed = {job["job_name"]: job for job in response.get_json()}
+    other = listed["other"]
+    gap = datetime(9000, 1, 1, 2, tzinfo=UTC) - datetime(2026, 5, 10, 2, tzinfo=UTC)
+    assert other["expected_interval_seconds"] == gap.total_seconds() / 2
+    assert (other["next_expected_at"], other["state"]) == (None, "ok")
+    assert (listed[JOB[0]]["next_expected_at"], listed[JOB[0]]["state"]) == (
+        "2026-05-04T02:00:00.000000Z",
+        "late",
+    )
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    late = {
+        sample.labels["job_name"]: sample.value
+        for family in text_string_to_metric_families(metrics.get_data(as_text=True))
+        for sample in family.samples
+        if sample.name == "backup_job_late"
+    }
+    assert late == {"other": 0.0, JOB[0]: 1.0}
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "9000-01-01" in page.get_data(as_text=True)
