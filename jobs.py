@@ -336,8 +336,16 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def utc_moment(timestamp: float) -> datetime:
+    """Return Unix seconds as an aware UTC datetime, for any time a run may report."""
+    if timestamp >= LAST_TIMESTAMP:
+        # A run time in the last second of 9999 may round up to here as a float: undo that.
+        return datetime.max.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
 def _at(timestamp: float | None) -> str | None:
-    return None if timestamp is None else format_timestamp(datetime.fromtimestamp(timestamp, UTC))
+    return None if timestamp is None else format_timestamp(utc_moment(timestamp))
 
 
 def _number(value: float | None) -> float | int | None:

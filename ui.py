@@ -7,7 +7,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from flask import (
     Blueprint,
@@ -201,13 +201,13 @@ def format_duration(seconds: float | None) -> str:
 
 def format_utc(timestamp: float, *, zone: bool = True) -> str:
     """Return an epoch time as 2026-05-12 02:00 UTC (without " UTC" where a header says it)."""
-    text = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
+    text = jobs.utc_moment(timestamp).strftime("%Y-%m-%d %H:%M")
     return text + " UTC" if zone else text
 
 
 def iso_utc(timestamp: float) -> str:
     """Return an epoch time as RFC 3339 UTC, for <time datetime="...">."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return jobs.utc_moment(timestamp).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_age(timestamp: float, now: float) -> str:
@@ -748,7 +748,7 @@ def _time_ticks(first: float, span: float, x_of: Callable[[float], float]) -> li
     short = span < 2 * 86400
     pattern = "%d %b %H:%M" if short else "%d %b"
     moments = [first] if span == 0 else [first + span * i / 4 for i in range(5)]
-    return [(x_of(t), datetime.fromtimestamp(t, UTC).strftime(pattern)) for t in moments]
+    return [(x_of(t), jobs.utc_moment(t).strftime(pattern)) for t in moments]
 
 
 # --- one run ---------------------------------------------------------------------------------

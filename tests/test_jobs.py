@@ -545,3 +545,27 @@ def test_a_next_start_past_the_year_9999_is_not_expected(client, clock):
     page = client.get("/")
     assert page.status_code == 200
     assert "9000-01-01" in page.get_data(as_text=True)
+
+
+def test_a_run_in_the_last_microsecond_of_9999_is_shown(client):
+    """As a float, 9999-12-31T23:59:59.999999Z rounds up into the year 10000."""
+    last = "9999-12-31T23:59:59.999999Z"
+    run = make_run("last", job_name="end", agent_id="b", start_time=last, end_time=last)
+    assert client.post("/v1/backup-runs", json=run).status_code == 201
+    response = client.get("/v1/jobs")
+    assert response.status_code == 200
+    (job,) = response.get_json()
+    assert job["last_success_at"] == "9999-12-31T23:59:59.999999Z"
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    (ended,) = [
+        sample.value
+        for family in text_string_to_metric_families(metrics.get_data(as_text=True))
+        for sample in family.samples
+        if sample.name == "backup_last_run_timestamp_seconds"
+    ]
+    assert ended == 253_402_300_800  # the float nearest the last microsecond
+    for page in ("/", "/job?job_name=end&agent_id=b", "/run/last"):
+        answer = client.get(page)
+        assert answer.status_code == 200, page
+        assert "9999-12-31" in answer.get_data(as_text=True), page
