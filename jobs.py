@@ -202,18 +202,35 @@ def infer_interval(starts: Sequence[float]) -> float | None:
     return interval if interval > 0 else None
 
 
-def cron_schedule(expression: str, timezone: str, last_start: float) -> tuple[float, float]:
+# datetime holds the years 1 to 9999 only. Past them croniter and datetime fail with an
+# OverflowError, or a ValueError ("year 10000 is out of range"); a run reported at either end
+# of the calendar then has no slot to serve or to expect, which is no reason to fail.
+_OUT_OF_CALENDAR = (OverflowError, ValueError)
+
+
+def cron_schedule(
+    expression: str, timezone: str, last_start: float
+) -> tuple[float | None, float | None]:
     """Return (next expected start, interval) of a cron job whose latest run began at last_start.
 
     A run is taken to serve the cron slot nearest its start, so a run that began a little
     early or late still expects the slot after that one, not the one it just ran for.
+    Both are None when a slot they need lies outside the years 1 to 9999.
     """
     zone = ZoneInfo(timezone)
-    start = datetime.fromtimestamp(last_start, zone)
-    before = croniter(expression, start + timedelta(seconds=1)).get_prev(datetime)
-    after = croniter(expression, before).get_next(datetime)
-    slot = before if abs(start - before) <= abs(after - start) else after
-    expected = croniter(expression, slot).get_next(datetime)
+    try:
+        start = datetime.fromtimestamp(last_start, zone)
+        before = croniter(expression, start + timedelta(seconds=1)).get_prev(datetime)
+        after = croniter(expression, before).get_next(datetime)
+        slot = before if abs(start - before) <= abs(after - start) else after
+        return cron_slots(expression, slot)
+    except _OUT_OF_CALENDAR:
+        return None, None
+
+
+def cron_slots(expression: str, moment: datetime) -> tuple[float, float]:
+    """Return (the first cron slot after moment, the gap from it to the slot after that)."""
+    expected = croniter(expression, moment).get_next(datetime)
     following = croniter(expression, expected).get_next(datetime)
     return expected.timestamp(), (following - expected).total_seconds()
 
@@ -260,11 +277,12 @@ def first_schedule(
     it), or at the first cron slot after since; with no schedule set, none is expected.
     """
     if override.cron is not None:
-        zone = ZoneInfo(override.timezone)
-        expected = croniter(override.cron, datetime.fromtimestamp(since, zone)).get_next(datetime)
-        following = croniter(override.cron, expected).get_next(datetime)
-        source, interval = "cron", (following - expected).total_seconds()
-        expected_ts = expected.timestamp()
+        source = "cron"
+        try:
+            since_there = datetime.fromtimestamp(since, ZoneInfo(override.timezone))
+            expected_ts, interval = cron_slots(override.cron, since_there)
+        except _OUT_OF_CALENDAR:
+            return source, None, None, None
     elif override.interval_seconds is not None:
         source, interval = "interval", float(override.interval_seconds)
         expected_ts = since + interval

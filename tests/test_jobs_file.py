@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_run
 from jobs_support import DAY, JOB, T0, Clock, clock, daily, run_at, save
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -114,6 +114,50 @@ def test_cron_in_a_time_zone(make_app):
     # Mondays at 02:00 in Berlin, in summer time: 00:00 UTC.
     assert job["next_expected_at"] == "2026-05-04T00:00:00.000000Z"
     assert job["expected_interval_seconds"] == 7 * DAY
+
+
+def test_a_cron_slot_outside_the_years_1_to_9999_leaves_the_schedule_unknown(make_app, clock):
+    app = make_app({"job_name": "j", "cron": "0 2 * * *"})
+    client = app.test_client()
+    for agent, start, end in [
+        ("first", "0001-01-01T00:00:00Z", "0001-01-01T00:05:00Z"),  # the slot before: in the year 0
+        ("last", "9999-12-31T03:00:00Z", "9999-12-31T03:05:00Z"),  # expects 10000-01-01 02:00
+        ("now", "2026-05-01T02:00:00Z", "2026-05-01T02:05:00Z"),
+    ]:
+        run = make_run(agent, job_name="j", agent_id=agent, start_time=start, end_time=end)
+        assert client.post("/v1/backup-runs", json=run).status_code == 201
+    clock.moment = T0 + timedelta(days=3)
+    response = client.get("/v1/jobs")
+    assert response.status_code == 200
+    listed = {
+        job["agent_id"]: (
+            job["schedule"],
+            job["expected_interval_seconds"],
+            job["next_expected_at"],
+            job["state"],
+        )
+        for job in response.get_json()
+    }
+    assert listed == {
+        "first": ("cron", None, None, "new"),
+        "last": ("cron", None, None, "new"),
+        "now": ("cron", DAY, "2026-05-02T02:00:00.000000Z", "late"),
+    }
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    samples = {
+        (sample.name, sample.labels["agent_id"]): sample.value
+        for family in text_string_to_metric_families(metrics.get_data(as_text=True))
+        for sample in family.samples
+        if sample.name in ("backup_job_late", "backup_job_expected_interval_seconds")
+    }
+    assert samples == {
+        ("backup_job_late", "first"): 0.0,
+        ("backup_job_late", "last"): 0.0,
+        ("backup_job_late", "now"): 1.0,
+        ("backup_job_expected_interval_seconds", "now"): DAY,
+    }
+    assert client.get("/").status_code == 200
 
 
 def test_an_entry_for_the_agent_beats_one_for_every_agent(make_app):
