@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import statistics
 import threading
@@ -32,6 +33,7 @@ from werkzeug.exceptions import BadRequest
 from store import RunNotFound, RunStore, RunSummary, format_timestamp
 
 JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
+log = logging.getLogger("backup_registry.jobs")
 
 # Worst first: the order /v1/jobs sorts by. The first five are checked in this order and the
 # first that holds wins; a muted job is "muted" whatever it would otherwise be.
@@ -261,6 +263,15 @@ def schedule_of(
     return source, interval, expected, grace_of(interval, override)
 
 
+def declared_schedule(override: JobOverride | None) -> str:
+    """Return where a job's schedule comes from: "cron" or "interval" (the file), or "inferred"."""
+    if override is not None and override.cron is not None:
+        return "cron"
+    if override is not None and override.interval_seconds is not None:
+        return "interval"
+    return "inferred"
+
+
 def grace_of(interval: float, override: JobOverride | None) -> float:
     """Return how long past its expected start a job may be before it is late."""
     if override is not None and override.grace_seconds is not None:
@@ -418,7 +429,8 @@ class JobStats:
     """What a job's runs say, computed once per change of the job: all but the time-dependent.
 
     A job named in the jobs file that has never reported has no runs: no latest run, and a
-    first run expected after `since` (see first_schedule).
+    first run expected after `since` (see first_schedule). Without figures, only the runs
+    themselves are told: their count, success rates and latest run (see JobMonitor).
     """
 
     def __init__(
@@ -429,6 +441,8 @@ class JobStats:
         override: JobOverride | None,
         last_run: dict | None,
         since: float | None = None,
+        *,
+        figures: bool = True,
     ):
         runs = sorted(runs, key=_start_order)
         self.job_name, self.agent_id = job
@@ -443,22 +457,29 @@ class JobStats:
         self.successes = array(
             "q", itertools.accumulate((run.status == "success" for run in runs), initial=0)
         )
-        self.last_success = _latest_end(runs, "success")
-        self.last_failure = _latest_end(runs, "failure")
-        durations = sorted(run.end_ts - run.start_ts for run in runs[-DURATION_RUNS:])
-        # Milliseconds are plenty, and spare the reader 293.99999999999994.
-        self.duration_p50 = _rounded(percentile(durations, 0.5))
-        self.duration_p95 = _rounded(percentile(durations, 0.95))
-        reference = reference_runs(runs[:-1])
-        self.median_bytes = (
-            _number(_twice_median([run.bytes_backed_up for run in reference]) / 2)
-            if reference
-            else None
-        )
-        self.flags = run_flags(latest, reference, override) if latest is not None else []
-        self.schedule, self.interval, self.next_expected, self.grace = (
-            schedule_of(self.starts, override) if runs else first_schedule(override, since)
-        )
+        if figures:
+            self.last_success = _latest_end(runs, "success")
+            self.last_failure = _latest_end(runs, "failure")
+            durations = sorted(run.end_ts - run.start_ts for run in runs[-DURATION_RUNS:])
+            # Milliseconds are plenty, and spare the reader 293.99999999999994.
+            self.duration_p50 = _rounded(percentile(durations, 0.5))
+            self.duration_p95 = _rounded(percentile(durations, 0.95))
+            reference = reference_runs(runs[:-1])
+            self.median_bytes = (
+                _number(_twice_median([run.bytes_backed_up for run in reference]) / 2)
+                if reference
+                else None
+            )
+            self.flags = run_flags(latest, reference, override) if latest is not None else []
+            self.schedule, self.interval, self.next_expected, self.grace = (
+                schedule_of(self.starts, override) if runs else first_schedule(override, since)
+            )
+        else:
+            self.last_success = self.last_failure = None
+            self.duration_p50 = self.duration_p95 = self.median_bytes = None
+            self.flags = []
+            self.schedule = declared_schedule(override)
+            self.interval = self.next_expected = self.grace = None
         self.head = {"job_name": self.job_name, "agent_id": self.agent_id}
         # Everything in the JSON that does not depend on the time, formatted once per change.
         self.rest = {
@@ -611,13 +632,35 @@ class JobMonitor:
             except RunNotFound:
                 # Deleted since the index was read: keep what we know, and look again next time.
                 last_run, version, complete = None, None, False
-            self._stats[job] = JobStats(job, version, runs, self.overrides.for_job(*job), last_run)
+            override = self.overrides.for_job(*job)
+            self._stats[job] = self._job_stats(job, version, runs, override, last_run)
         # Built once and kept while the job has no run, not again at every change of the store.
         for override in self.overrides.named_jobs():
             job = (override.job_name, override.agent_id)
             if job not in self._stats:
-                self._stats[job] = JobStats(job, None, [], override, None, self.since)
+                self._stats[job] = self._job_stats(job, None, [], override, None, self.since)
         return complete
+
+    @staticmethod
+    def _job_stats(
+        job: tuple[str, str],
+        version: int | None,
+        runs: list[RunSummary],
+        override: JobOverride | None,
+        last_run: dict | None,
+        since: float | None = None,
+    ) -> JobStats:
+        """Return a job's statistics, or only what its runs say if its figures fail."""
+        try:
+            return JobStats(job, version, runs, override, last_run, since)
+        except Exception:
+            # One job's odd runs must not make /v1/jobs, /metrics and the dashboard fail for
+            # every job. Logged once: the result is kept until the job's runs change. %r
+            # escapes line breaks and control characters in the names.
+            log.exception(
+                "job %r on agent %r: cannot compute its figures; listing it without them", *job
+            )
+            return JobStats(job, version, runs, override, last_run, since, figures=False)
 
     def moments(self, now: datetime, states: Iterable[str] = ()) -> list[tuple[JobStats, tuple]]:
         """Return (statistics, moment) per job at now, worst state first, then newest run."""

@@ -569,3 +569,44 @@ def test_a_run_in_the_last_microsecond_of_9999_is_shown(client):
         answer = client.get(page)
         assert answer.status_code == 200, page
         assert "9999-12-31" in answer.get_data(as_text=True), page
+
+
+# --- one job's failure -----------------------------------------------------------------------
+
+
+def test_a_job_whose_figures_fail_is_listed_without_them(app, client, clock, monkeypatch, caplog):
+    """The other jobs still answer, and the failure is logged once, the names escaped.
+
+    No real input is known to break the figures any more, so the fault is put in by hand.
+    """
+    broken = ("broken\u2028job", "b\u202eot")  # a line separator, a right-to-left override
+    real_run_flags = jobs.run_flags
+
+    def run_flags(latest, reference, override):
+        if latest.job == broken:
+            raise ArithmeticError("no figures for this one")
+        return real_run_flags(latest, reference, override)
+
+    monkeypatch.setattr(jobs, "run_flags", run_flags)
+    save(app, *daily(3), *daily(3, job=broken, status="failure", bytes_backed_up=10))
+    clock.moment = T0 + timedelta(days=2, hours=1)
+    for _ in range(2):
+        response = client.get("/v1/jobs")
+        assert response.status_code == 200
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/").status_code == 200
+    listed = {job["job_name"]: job for job in response.get_json()}
+    assert (listed[JOB[0]]["state"], listed[JOB[0]]["expected_interval_seconds"]) == ("ok", DAY)
+    failed = listed[broken[0]]
+    assert failed["last_run"]["run_id"] == daily(3, job=broken)[-1]["run_id"]
+    assert (failed["state"], failed["runs"], failed["last_bytes"]) == ("failing", 3, 10)
+    assert (failed["success_rate_7d"], failed["flags"], failed["schedule"]) == (0, [], "inferred")
+    assert failed["expected_interval_seconds"] is failed["next_expected_at"] is None
+    assert failed["last_failure_at"] is failed["duration_p50_seconds"] is None
+    (record,) = [record for record in caplog.records if record.name == "backup_registry.jobs"]
+    message = record.getMessage()
+    assert message == (
+        "job 'broken\\u2028job' on agent 'b\\u202eot': cannot compute its figures; "
+        "listing it without them"
+    )
+    assert "no figures for this one" in caplog.text  # the traceback
