@@ -272,6 +272,9 @@ def test_a_muted_job_is_never_late_and_needs_no_attention(make_app, clock):
 # --- bad files stop the start ----------------------------------------------------------------
 
 
+TEN_YEARS = 10 * 365 * DAY  # the schema's maximum for interval_seconds and grace_seconds
+
+
 def start_with(app_config: dict, jobs_file: Path, content: str | None) -> str:
     """Try to build the app over a jobs file with this content; return the ConfigError text."""
     if content is not None:
@@ -300,6 +303,14 @@ def entry(**fields) -> str:
         (entry(interval_seconds=0), "jobs[0].interval_seconds: 0 is less than or equal to"),
         (entry(interval_seconds="1h"), "jobs[0].interval_seconds: '1h' is not of type 'number'"),
         (entry(grace_seconds=-1), "jobs[0].grace_seconds: -1 is less than the minimum of 0"),
+        (
+            entry(interval_seconds=1e12),  # past the year 9999 from any run
+            "jobs[0].interval_seconds: 1000000000000.0 is greater than the maximum of 315360000",
+        ),
+        (
+            entry(grace_seconds=TEN_YEARS + 1),
+            "jobs[0].grace_seconds: 315360001 is greater than the maximum of 315360000",
+        ),
         (entry(min_bytes=1.5), "jobs[0].min_bytes: 1.5 is not of type 'integer'"),
         (entry(muted="yes"), "jobs[0].muted: 'yes' is not of type 'boolean'"),
         (entry(interval_seconds=60, cron="* * * * *"), "jobs[0]: set interval_seconds or cron"),
@@ -320,6 +331,16 @@ def entry(**fields) -> str:
 )
 def test_a_bad_file_stops_the_start_with_a_clear_line(app_config, jobs_file, content, reason):
     assert start_with(app_config, jobs_file, content).startswith(reason)
+
+
+def test_ten_years_is_the_longest_interval_and_grace(make_app, clock):
+    app = make_app({"job_name": JOB[0], "interval_seconds": TEN_YEARS, "grace_seconds": TEN_YEARS})
+    save(app, run_at(0))
+    clock.moment = T0 + timedelta(seconds=2 * TEN_YEARS)
+    assert only_job(app)["state"] == "ok"
+    clock.moment += timedelta(seconds=1)
+    job = only_job(app)
+    assert (job["state"], job["next_expected_at"]) == ("late", "2036-04-28T02:00:00.000000Z")
 
 
 def test_a_missing_file_stops_the_start(app_config, jobs_file):
