@@ -112,7 +112,7 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
     except OSError as exc:
         raise JobsFileError(f"{where}: cannot read it: {exc.strerror}") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise JobsFileError(
             f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
@@ -137,6 +137,15 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
 def _refuse_constant(name: str) -> None:
     # Python reads Infinity and NaN, JSON has neither; an infinite interval would never be late.
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON, but Python reads it as infinity: refused for the same reason, and
+    # because /v1/jobs would then write Infinity, which is not JSON.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range: it would be read as infinity")
+    return value
 
 
 def _jobs_validator() -> jsonschema.Draft202012Validator:

@@ -327,6 +327,14 @@ def entry(**fields) -> str:
         ),
         (json.dumps({"jobs": [], "extra": 1}), "the file: Additional properties"),
         (entry(interval_seconds=float("inf")), "Infinity is not valid JSON"),
+        (
+            '{"jobs": [{"job_name": "j", "interval_seconds": 1e400}]}',
+            "the number 1e400 is out of range: it would be read as infinity",
+        ),
+        (
+            '{"jobs": [{"job_name": "j", "grace_seconds": -1E400}]}',
+            "the number -1E400 is out of range: it would be read as infinity",
+        ),
     ],
 )
 def test_a_bad_file_stops_the_start_with_a_clear_line(app_config, jobs_file, content, reason):
