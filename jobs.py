@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import statistics
 import threading
 from array import array
@@ -23,7 +24,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
@@ -46,6 +47,8 @@ MIN_REFERENCE_RUNS = 3
 DURATION_RUNS = 100  # p50 and p95 durations cover at most this many latest runs
 MIN_GRACE_SECONDS = 300.0
 DAY = 86_400.0
+CRON_YEARS = 50  # a cron expression must fire within this many years of the registry's start
+RANDOM_CRON_PART = re.compile(r"R(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 UNENCRYPTED_STATUSES = ("unencrypted", "partial", "failed")
 SUCCESS_VALUE = {"success": 1.0, "partial": 0.5, "failure": 0.0}
 # The last moment a datetime can hold, 9999-12-31T23:59:59.999999Z, as Unix seconds. A float
@@ -183,8 +186,10 @@ def _semantic_problems(entries: list[dict]) -> list[str]:
     problems = []
     seen: dict[tuple[str, str | None], int] = {}
     for index, entry in enumerate(entries):
-        if "cron" in entry and not croniter.is_valid(entry["cron"]):
-            problems.append(f"jobs[{index}].cron: {entry['cron']!r} is not a cron expression")
+        if "cron" in entry:
+            problem = _cron_problem(entry["cron"], entry.get("timezone", "UTC"))
+            if problem:
+                problems.append(f"jobs[{index}].cron: {entry['cron']!r} {problem}")
         if "timezone" in entry:
             try:
                 ZoneInfo(entry["timezone"])
@@ -197,6 +202,31 @@ def _semantic_problems(entries: list[dict]) -> list[str]:
             problems.append(f"jobs[{index}]: repeats jobs[{seen[key]}] for the same job")
         seen.setdefault(key, index)
     return problems
+
+
+def _cron_problem(expression: str, timezone: str) -> str | None:
+    """Say why a cron expression cannot be a job's schedule, or return None if it can."""
+    if not croniter.is_valid(expression):
+        return "is not a cron expression"
+    fields = expression.split()
+    # croniter also reads a sixth field (seconds) and a seventh (years); crontab has neither.
+    if len(fields) != 5 and not expression.startswith("@"):
+        return (
+            f"has {len(fields)} fields; use 5 (minute hour day month weekday) "
+            "or a macro such as @daily"
+        )
+    # croniter's R draws a new random value at each reading: no schedule to expect.
+    if any(RANDOM_CRON_PART.fullmatch(part) for field in fields for part in field.split(",")):
+        return "uses R (random), which gives no fixed time to expect a run at"
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")  # a bad time zone gets its own message
+    try:
+        croniter(expression, datetime.now(zone), max_years_between_matches=CRON_YEARS).get_next()
+    except CroniterBadDateError:
+        return f"never fires: no time in the next {CRON_YEARS} years matches it"
+    return None
 
 
 # --- per-job statistics ----------------------------------------------------------------------

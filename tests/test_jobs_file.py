@@ -107,6 +107,21 @@ def test_cron_expects_the_slot_after_the_one_the_run_served(make_app, start, exp
     assert (job["schedule"], job["grace_seconds"]) == ("cron", DAY // 2)
 
 
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("@daily", "2026-05-02T00:00:00.000000Z"),
+        ("@WEEKLY", "2026-05-03T00:00:00.000000Z"),
+        ("0 0 29 2 *", "2028-02-29T00:00:00.000000Z"),  # once in four years
+        ("30 4 1,15 * *", "2026-05-01T04:30:00.000000Z"),
+        ("0 3 * * mon#2", "2026-05-11T03:00:00.000000Z"),
+    ],
+)
+def test_five_fields_or_a_macro_make_a_schedule(make_app, cron, expected):
+    app = make_app({"job_name": JOB[0], "agent_id": JOB[1], "cron": cron})
+    assert only_job(app)["next_expected_at"] == expected  # the first slot after T0
+
+
 def test_cron_in_a_time_zone(make_app):
     app = make_app({"job_name": JOB[0], "cron": "0 2 * * 1", "timezone": "Europe/Berlin"})
     save(app, run_at(-DAY))  # Thursday 2026-04-30 02:00 UTC
@@ -317,6 +332,20 @@ def entry(**fields) -> str:
         (entry(timezone="UTC"), "jobs[0]: timezone applies to cron only"),
         (entry(cron="61 2 * * *"), "jobs[0].cron: '61 2 * * *' is not a cron expression"),
         (entry(cron="@reboot"), "jobs[0].cron: '@reboot' is not a cron expression"),
+        (
+            entry(cron="0 2 31 2 *"),
+            "jobs[0].cron: '0 2 31 2 *' never fires: no time in the next 50 years matches it",
+        ),
+        (
+            entry(cron="0 0 2 1 * 0 2020"),
+            "jobs[0].cron: '0 0 2 1 * 0 2020' has 7 fields; use 5 (minute hour day month "
+            "weekday) or a macro such as @daily",
+        ),
+        (entry(cron="0 2 * * * 30"), "jobs[0].cron: '0 2 * * * 30' has 6 fields; use 5"),
+        (
+            entry(cron="r(0-29) 2 * * *"),
+            "jobs[0].cron: 'r(0-29) 2 * * *' uses R (random), which gives no fixed time",
+        ),
         (
             entry(cron="0 2 * * *", timezone="Mars/Olympus"),
             "jobs[0].timezone: 'Mars/Olympus' is not a known time zone",
