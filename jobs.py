@@ -114,15 +114,23 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         raise JobsFileError(f"{where}: not UTF-8 text") from None
     except OSError as exc:
         raise JobsFileError(f"{where}: cannot read it: {exc.strerror}") from None
+    # A jobs file is an object holding a list of flat objects; far deeper nesting exhausts
+    # Python's recursion limit, in the JSON reader or in the repr a schema message quotes.
+    too_deep = f"{where}: JSON nested too deeply (a jobs file is a list of flat objects)"
     try:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise JobsFileError(too_deep) from None
     except json.JSONDecodeError as exc:
         raise JobsFileError(
             f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
     except ValueError as exc:
         raise JobsFileError(f"{where}: {exc}") from None
-    problems = [_explain(error) for error in _jobs_validator().iter_errors(data)]
+    try:
+        problems = [_explain(error) for error in _jobs_validator().iter_errors(data)]
+    except RecursionError:
+        raise JobsFileError(too_deep) from None
     if not problems:
         problems = _semantic_problems(data["jobs"])
     if problems:

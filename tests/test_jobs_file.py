@@ -302,6 +302,10 @@ def start_with(app_config: dict, jobs_file: Path, content: str | None) -> str:
     return message[len(f"JOBS_FILE {jobs_file}: ") :]
 
 
+DEEP = '{"jobs":' + "[" * 100_000 + "]" * 100_000 + "}"
+TOO_DEEP = "JSON nested too deeply (a jobs file is a list of flat objects)"
+
+
 def entry(**fields) -> str:
     """A jobs file with one entry for JOB[0] and these fields."""
     return json.dumps({"jobs": [{"job_name": JOB[0], **fields}]})
@@ -355,6 +359,13 @@ def entry(**fields) -> str:
             "jobs[2]: repeats jobs[0] for the same job",
         ),
         (json.dumps({"jobs": [], "extra": 1}), "the file: Additional properties"),
+        pytest.param(DEEP, TOO_DEEP, id="deep-list"),
+        # Deep enough for the repr that the schema's message quotes, if not for the reader.
+        pytest.param(
+            '{"jobs": [{"job_name": "j", "comment": ' + '{"a":' * 990 + "1" + "}" * 990 + "}]}",
+            TOO_DEEP,
+            id="deep-comment",
+        ),
         (entry(interval_seconds=float("inf")), "Infinity is not valid JSON"),
         (
             '{"jobs": [{"job_name": "j", "interval_seconds": 1e400}]}',
@@ -392,8 +403,15 @@ def test_the_file_may_not_live_in_the_store_folder(app_config, store_dir):
     )
 
 
-def test_python_app_py_exits_2_with_one_line(tmp_path, jobs_file):
-    jobs_file.write_text(entry(cron="not cron"))
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (entry(cron="not cron"), "jobs[0].cron: 'not cron' is not a cron expression"),
+        pytest.param(DEEP, TOO_DEEP, id="deep"),
+    ],
+)
+def test_python_app_py_exits_2_with_one_line(tmp_path, jobs_file, content, reason):
+    jobs_file.write_text(content)
     result = subprocess.run(
         [sys.executable, str(ROOT / "app.py"), "--jobs-file", str(jobs_file)],
         cwd=tmp_path,
@@ -403,10 +421,7 @@ def test_python_app_py_exits_2_with_one_line(tmp_path, jobs_file):
         timeout=30,
     )
     assert result.returncode == 2
-    assert result.stderr == (
-        f"backup-registry: JOBS_FILE {jobs_file}: jobs[0].cron: 'not cron' is not a cron "
-        "expression\n"
-    )
+    assert result.stderr == f"backup-registry: JOBS_FILE {jobs_file}: {reason}\n"
     assert not (tmp_path / "store").exists()  # stopped before touching the store
 
 
