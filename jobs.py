@@ -28,7 +28,11 @@ from croniter import CroniterBadDateError, croniter
 from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    generate_latest,
+)
 from werkzeug.exceptions import BadRequest
 
 from store import RunNotFound, RunStore, RunSummary, format_timestamp
@@ -810,7 +814,14 @@ class MetricsPage:
 
     def render(self, now: datetime, accept: str) -> tuple[bytes, str]:
         """Return (body, content type) for a scrape with this Accept header."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):
+            # prometheus_client compares the version parameter as numbers, and fails on one like
+            # "abc" or a quoted "1.0.0". Every scraper reads the plain text format (Prometheus
+            # lists it as its fallback), and the Content-Type says which it got: better than a
+            # 406, which would turn one odd header into a failed scrape.
+            encoder, content_type = generate_latest, CONTENT_TYPE_PLAIN_0_0_4
         generation, stats = self._monitor.snapshot()
         now_ts = now.timestamp()
         late = frozenset(job.job for job in stats if job.state(now_ts)[0] == "late")

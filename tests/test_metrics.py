@@ -134,6 +134,23 @@ def test_openmetrics_when_asked(app, client):
     assert response.get_data(as_text=True).endswith("# EOF\n")
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text; version=abc",
+        "application/openmetrics-text; version=1.x",
+        'text/plain; version="1.0.0"',  # HTTP allows a quoted value
+    ],
+)
+def test_a_malformed_accept_gets_the_plain_text_format(app, client, accept):
+    save(app, run_at(0))
+    response = client.get("/metrics", headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
+    metrics = scrape(response.get_data(as_text=True))
+    assert metrics["backup_last_run_success"] == {labels(): 1.0}
+
+
 def test_an_empty_registry_has_no_samples(client):
     assert get_metrics(client) == {}
 
