@@ -201,13 +201,14 @@ def format_duration(seconds: float | None) -> str:
 
 def format_utc(timestamp: float, *, zone: bool = True) -> str:
     """Return an epoch time as 2026-05-12 02:00 UTC (without " UTC" where a header says it)."""
-    text = jobs.utc_moment(timestamp).strftime("%Y-%m-%d %H:%M")
+    # Not strftime: glibc's %Y writes the year 139 as "139" (see store.format_timestamp).
+    text = jobs.utc_moment(timestamp).replace(tzinfo=None).isoformat(" ", timespec="minutes")
     return text + " UTC" if zone else text
 
 
 def iso_utc(timestamp: float) -> str:
     """Return an epoch time as RFC 3339 UTC, for <time datetime="...">."""
-    return jobs.utc_moment(timestamp).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return jobs.utc_moment(timestamp).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def format_age(timestamp: float, now: float) -> str:

@@ -99,6 +99,13 @@ def test_each_job_shows_its_latest_run_by_end_time(client):
     assert ">2</a>" in text  # postgres-daily has two runs
 
 
+def test_a_year_before_1000_is_written_with_four_digits(client):
+    """A <time datetime> must be RFC 3339; glibc's strftime writes the year 139 as "139"."""
+    report(client, start_time="0139-05-12T02:00:00Z", end_time="0139-05-12T02:04:33Z")
+    text = page(client, "/")
+    assert '<time datetime="0139-05-12T02:00:00Z">0139-05-12 02:00</time>' in text
+
+
 def test_row_shows_started_age_duration_size_encryption_and_error(client):
     report(
         client,
