@@ -99,7 +99,11 @@ def file_name_for(run_id: str) -> str:
     if _PLAIN_ID.fullmatch(run_id):
         stem = run_id
     else:
-        stem = quote(run_id, safe="-_")
+        try:
+            stem = quote(run_id, safe="-_")
+        except UnicodeEncodeError:
+            # A lone surrogate: what os.listdir makes of a name that is not UTF-8.
+            raise InvalidRunId("run_id: not valid Unicode (holds a lone surrogate)") from None
         # quote() leaves '.' and '~' alone; '.' may stay except at the start, '~' may stay.
         if stem.startswith("."):
             stem = "%2E" + stem[1:]
@@ -119,7 +123,10 @@ def run_id_for(file_name: str) -> str | None:
     stem = file_name[: -len(FILE_SUFFIX)]
     if "%" not in stem and _PLAIN_ID.fullmatch(stem):
         return stem  # the common case, without the round trip below
-    run_id = unquote(stem, errors="strict")
+    try:
+        run_id = unquote(stem, errors="strict")
+    except UnicodeDecodeError:
+        return None  # '%FF.json': no id encodes to bytes that are not UTF-8
     try:
         canonical = file_name_for(run_id)
     except InvalidRunId:
@@ -321,6 +328,12 @@ class RunPage:
 
 def _file_signature(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _shown(name: str) -> str:
+    """Return a folder entry's name fit for the log: bytes that are not UTF-8 as escapes."""
+    # os.listdir turns such bytes into lone surrogates, which a UTF-8 log cannot hold.
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _may_be_run_file(name: str) -> bool:
@@ -1185,7 +1198,7 @@ class RunStore:
         if name in self._warned and self._warned[name] == signature:
             return
         self._warned[name] = signature
-        log.warning("%s: %s", name, message)
+        log.warning("%s: %s", _shown(name), message)
 
 
 RACY_NS = 2_000_000_000

@@ -104,7 +104,18 @@ def test_no_two_ids_share_a_file_name():
     assert len({file_name_for(run_id) for run_id in ids}) == len(set(ids))
 
 
-@pytest.mark.parametrize("name", ["a%2fb.json", "a%41.json", "%2Fx.json.bak", ".x.json", "x.JSON"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a%2fb.json",
+        "a%41.json",
+        "%2Fx.json.bak",
+        ".x.json",
+        "x.JSON",
+        "%FF.json",  # decodes to no UTF-8 text
+        os.fsdecode(b"caf\xe9.json"),  # not UTF-8: os.listdir gives it a surrogate escape
+    ],
+)
 def test_names_the_store_would_not_write_belong_to_no_run(name):
     assert run_id_for(name) is None
 
@@ -363,3 +374,42 @@ def test_file_names_the_store_would_not_write_are_ignored(start_client, store_di
 
     assert listed_ids(client) == []
     assert client.get(f"{RUNS}/{quote('a/b', safe='')}").status_code == 404
+
+
+# Names that are not UTF-8, or that decode to bytes that are not: as os.listdir gives them.
+UNDECODABLE_NAMES = [b"caf\xe9.json", b"%FF.json", b"caf%C3\xa9.json"]
+
+
+def drop_in_raw(folder: Path, name: bytes, content: dict) -> None:
+    """Write a file under a name given as bytes, as a tool on another system might."""
+    Path(os.fsdecode(bytes(folder) + b"/" + name)).write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize("name", UNDECODABLE_NAMES)
+def test_undecodable_file_name_at_start_is_ignored_with_a_warning(
+    start_client, store_dir, caplog, name
+):
+    store_dir.mkdir()
+    drop_in(store_dir, "good.json", stored_run("good"))
+    drop_in_raw(store_dir, name, stored_run("café"))
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == ["good"]
+    (warning,) = warnings_about(caplog, "not one this store writes")
+    # The bytes as they are, so the operator can find the file: "caf\\xe9.json".
+    assert warning.startswith(name.decode("utf-8", "backslashreplace") + ":")
+
+
+def test_undecodable_file_names_dropped_in_do_not_hide_the_runs_beside_them(
+    start_client, store_dir, caplog
+):
+    client = start_client()
+
+    for name in UNDECODABLE_NAMES:
+        drop_in_raw(store_dir, name, stored_run("café"))
+    drop_in(store_dir, "beside.json", stored_run("beside"))
+
+    eventually(lambda: listed_ids(client) == ["beside"])
+    assert len(warnings_about(caplog, "not one this store writes")) == len(UNDECODABLE_NAMES)
+    assert "store watcher error" not in caplog.text
