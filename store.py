@@ -584,6 +584,7 @@ class RunStore:
         self._job_versions: dict[tuple[str, str], int] = {}
         self._version = 0
         self._warned: dict[str, tuple | None] = {}
+        self._failing: set[str] = set()  # names follow() could not check; retried
         self._dir_syncer = _DirectorySyncer(self.directory)
         self._temp_token = uuid.uuid4().hex[:12]
         self._temp_numbers = count()
@@ -1011,12 +1012,16 @@ class RunStore:
                     self._postings[field] = postings
 
     def rescan(self) -> None:
-        """Bring the index in line with the folder, re-reading only files whose stat changed."""
+        """Bring the index in line with the folder, re-reading only files whose stat changed.
+
+        A file that cannot be checked is logged and retried later (see follow); the rest are
+        checked all the same.
+        """
         scan_started = time.time_ns()
         seen: set[str] = set()
         for name, run_id in self._run_files():
             seen.add(run_id)
-            self.refresh(name, run_id, scan_started_ns=scan_started)
+            self.follow(name, run_id, scan_started_ns=scan_started)
         with self._lock:
             for gone in [run_id for run_id in self._runs if run_id not in seen]:
                 if not os.path.exists(os.path.join(self._path, file_name_for(gone))):
@@ -1193,6 +1198,33 @@ class RunStore:
             self._forget_if_racy(summary, scan_started_ns or read_started)
             self._warned.pop(name, None)
             self._put(summary)
+
+    def follow(
+        self, name: str, run_id: str | None = None, scan_started_ns: int | None = None
+    ) -> None:
+        """refresh() for the watcher: an error is logged, once, and the file tried again later.
+
+        One file that cannot be checked must not cost the other files of a batch or a scan
+        their turn, nor be forgotten: retry_failed() tries it again until it works.
+        """
+        try:
+            self.refresh(name, run_id, scan_started_ns)
+        except Exception as exc:
+            if name not in self._failing:
+                log.warning(
+                    "cannot follow a change to %s (%s); trying again every second",
+                    _shown(name),
+                    exc.strerror if isinstance(exc, OSError) and exc.strerror else exc,
+                    exc_info=not isinstance(exc, OSError),  # a bug's traceback, not a disk's
+                )
+            self._failing.add(name)
+        else:
+            self._failing.discard(name)
+
+    def retry_failed(self) -> None:
+        """Try again each file follow() could not check."""
+        for name in list(self._failing):
+            self.follow(name)
 
     def _warn_once(self, name: str, signature: tuple | None, message: str) -> None:
         if name in self._warned and self._warned[name] == signature:
@@ -1381,6 +1413,7 @@ class _Watcher:
     # stream of POSTs, waking for each one's events cost about a seventh of the throughput
     # (every wake is a GIL hand-over); outside changes still show within 2 s.
     BATCH_SECONDS = 0.05
+    RETRY_SECONDS = 1.0  # how often a file that could not be checked is tried again
 
     def __init__(self, store: RunStore):
         self._store = store
@@ -1443,6 +1476,8 @@ class _Watcher:
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
         next_snapshot = time.monotonic() + 5
+        next_retry = 0.0
+        rescan_due = False
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_snapshot:
@@ -1455,10 +1490,16 @@ class _Watcher:
                 events = self._wait_for_events()
                 if any(event.mask & self._overflow for event in events):
                     log.warning("inotify queue overflowed; rescanning the store")
-                    self._store.rescan()
+                    rescan_due = True
+                if rescan_due:
+                    self._store.rescan()  # if it fails, the next turn tries again
+                    rescan_due = False
                     continue
                 for name in dict.fromkeys(event.name for event in events if event.name):
-                    self._store.refresh(name)
+                    self._store.follow(name)
+                if time.monotonic() >= next_retry:
+                    next_retry = time.monotonic() + self.RETRY_SECONDS
+                    self._store.retry_failed()
             except Exception:
                 # The watcher must outlive one bad moment (a folder briefly gone, say).
                 log.exception("store watcher error; retrying")

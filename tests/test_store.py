@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -413,3 +414,32 @@ def test_undecodable_file_names_dropped_in_do_not_hide_the_runs_beside_them(
     eventually(lambda: listed_ids(client) == ["beside"])
     assert len(warnings_about(caplog, "not one this store writes")) == len(UNDECODABLE_NAMES)
     assert "store watcher error" not in caplog.text
+
+
+def test_a_file_the_watcher_cannot_check_costs_its_batch_nothing_and_is_tried_again(
+    start_client, store_dir, caplog, monkeypatch
+):
+    """An I/O error on one file of a burst: the others are indexed, and that one once it heals."""
+    client = start_client()
+    store = client.application.extensions["store"]
+    real_refresh = store.refresh
+    faulty = threading.Event()
+    faulty.set()
+
+    def refresh(name, *args, **kwargs):
+        # Injected: no file system here can make a real I/O error on one file.
+        if name == "first.json" and faulty.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        return real_refresh(name, *args, **kwargs)
+
+    monkeypatch.setattr(store, "refresh", refresh)
+
+    for run_id in ["first", "second", "third"]:  # one burst: the watcher takes it in one read
+        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
+
+    eventually(lambda: listed_ids(client) == ["second", "third"])
+    time.sleep(2.5)  # a few retries, all failing
+    assert listed_ids(client) == ["second", "third"]
+    faulty.clear()
+    eventually(lambda: listed_ids(client) == ["first", "second", "third"])
+    assert len(warnings_about(caplog, "first.json")) == 1
