@@ -19,6 +19,7 @@ import os
 import re
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -344,14 +345,14 @@ def _may_be_run_file(name: str) -> bool:
     return not name.startswith(".") and name.endswith(FILE_SUFFIX)
 
 
-def _read_file(folder: str, name: str) -> tuple[tuple, bytes]:
-    """Read a file of folder whole; return (its stat signature as read, its bytes)."""
-    fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        return _file_signature(st), os.read(fd, st.st_size + 1)
-    finally:
-        os.close(fd)
+_FILE_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
 
 
 class _NotARun(ValueError):
@@ -360,6 +361,38 @@ class _NotARun(ValueError):
     def __init__(self, signature: tuple, reason: str):
         super().__init__(f"skipped, not a valid run: {reason}")
         self.signature = signature
+
+    @classmethod
+    def not_regular(cls, st: os.stat_result) -> _NotARun:
+        """The error for a folder entry that is not a regular file (st from lstat or fstat)."""
+        kind = next((kind for test, kind in _FILE_KINDS if test(st.st_mode)), "not a file")
+        return cls(_file_signature(st), f"{kind}; run files must be regular files")
+
+
+def _read_file(folder: str, name: str) -> tuple[tuple, bytes]:
+    """Read a regular file of folder whole; return (its stat signature as read, its bytes).
+
+    Raise _NotARun for any other kind of entry, which is never followed or opened for good.
+    """
+    path = os.path.join(folder, name)
+    try:
+        # O_NOFOLLOW: edits to a symlink's target make no event in this folder, so the index
+        # could not follow them. O_NONBLOCK: opening a FIFO would wait for a writer for good.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        st = os.lstat(path)  # ELOOP for a symlink, ENXIO for a socket: look at what is there
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotARun.not_regular(st) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotARun.not_regular(st)
+        return _file_signature(st), os.read(fd, st.st_size + 1)
+    finally:
+        os.close(fd)
 
 
 def _read_summary(folder: str, name: str, run_id: str) -> RunSummary:
@@ -459,7 +492,7 @@ def _check_files(
         run_files += 1
         if run_id in snapshot.position:
             try:
-                unchanged = snapshot.match(run_id, os.stat(os.path.join(folder, name)))
+                unchanged = snapshot.match(run_id, os.lstat(os.path.join(folder, name)))
             except OSError:
                 unchanged = False
             if unchanged:
@@ -742,6 +775,9 @@ class RunStore:
         try:
             signature, raw = _read_file(self._path, name)
         except FileNotFoundError:
+            raise RunNotFound(run_id) from None
+        except _NotARun as exc:
+            self._warn_once(name, exc.signature, str(exc))
             raise RunNotFound(run_id) from None
         except OSError as exc:
             raise _store_error(exc, "read") from exc
@@ -1163,10 +1199,10 @@ class RunStore:
                 return
         path = os.path.join(self._path, name)
         try:
-            before = _file_signature(os.stat(path))
+            before = _file_signature(os.lstat(path))
         except FileNotFoundError:
             with self._id_lock(run_id), self._lock:
-                if not os.path.exists(path):  # not written again by a save since our stat
+                if not os.path.lexists(path):  # not written again by a save since our stat
                     self._remove(run_id)
             return
         except OSError as exc:
@@ -1183,7 +1219,7 @@ class RunStore:
         summary = self._read_summary(name, run_id)
         with self._id_lock(run_id), self._lock:
             try:
-                now = _file_signature(os.stat(path))
+                now = _file_signature(os.lstat(path))
             except FileNotFoundError:
                 self._remove(run_id)
                 return

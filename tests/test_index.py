@@ -440,13 +440,13 @@ def test_a_file_seen_gone_and_then_saved_again_stays_indexed(store_dir, monkeypa
     """The watcher saw a file missing, but a save wrote it again before the watcher acted."""
     store = RunStore(store_dir, watch=False)
     store.save(run_record("r", "db", "success", 1, 1))
-    real_stat = os.stat
+    real_lstat = os.lstat
 
-    def stat_seen_before_the_save(path, *args, **kwargs):
-        monkeypatch.setattr(os, "stat", real_stat)  # only the watcher's first look is stale
+    def lstat_seen_before_the_save(path, *args, **kwargs):
+        monkeypatch.setattr(os, "lstat", real_lstat)  # only the watcher's first look is stale
         raise FileNotFoundError(path)
 
-    monkeypatch.setattr(os, "stat", stat_seen_before_the_save)
+    monkeypatch.setattr(os, "lstat", lstat_seen_before_the_save)
     store.refresh("r.json")
     assert "r" in store
 

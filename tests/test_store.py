@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import pytest
 from conftest import make_run
 from test_get_delete import ODD_IDS
+from test_index import run_in_thread
 
 from store import file_name_for, run_id_for
 
@@ -443,3 +445,87 @@ def test_a_file_the_watcher_cannot_check_costs_its_batch_nothing_and_is_tried_ag
     faulty.clear()
     eventually(lambda: listed_ids(client) == ["first", "second", "third"])
     assert len(warnings_about(caplog, "first.json")) == 1
+
+
+# --- run files must be regular files ---------------------------------------------------------
+
+
+@pytest.fixture
+def make_fifo():
+    """Make FIFOs; afterwards, free any reader left waiting to open one (a failing test's)."""
+    made: list[Path] = []
+
+    def make(path: Path) -> Path:
+        os.mkfifo(path)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        with contextlib.suppress(OSError):  # ENXIO: no reader is waiting, as it should be
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def not_regular_files(folder: Path, outside: Path, make_fifo) -> list[str]:
+    """Put a FIFO and symlinks named as runs into folder; return their run ids."""
+    drop_in(outside, "linked.json", stored_run("linked"))
+    (folder / "linked.json").symlink_to(outside / "linked.json")  # a valid run, elsewhere
+    make_fifo(folder / "pipe.json")
+    (folder / "piped.json").symlink_to(make_fifo(outside / "fifo"))
+    (folder / "dangling.json").symlink_to(outside / "nothing-here.json")
+    return ["linked", "pipe", "piped", "dangling"]
+
+
+def assert_not_served(client, run_ids: list[str]) -> None:
+    """Each id answers 404 at once: a GET must never wait on a FIFO."""
+    for run_id in run_ids:
+        url = f"{RUNS}/{run_id}"
+        assert run_in_thread(lambda url=url: client.get(url).status_code) == 404, run_id
+
+
+def test_files_that_are_not_regular_are_skipped_at_start(
+    start_client, store_dir, tmp_path, caplog, make_fifo
+):
+    store_dir.mkdir()
+    (tmp_path / "outside").mkdir()
+    skipped = not_regular_files(store_dir, tmp_path / "outside", make_fifo)
+    drop_in(store_dir, "good.json", stored_run("good"))
+
+    client = run_in_thread(lambda: start_client(WATCH_STORE=False))
+
+    assert listed_ids(client) == ["good"]
+    for run_id in skipped:
+        (warning,) = warnings_about(caplog, f"{run_id}.json")
+        assert "run files must be regular files" in warning
+    assert_not_served(client, skipped)
+
+
+def test_files_that_are_not_regular_dropped_in_are_skipped(
+    start_client, store_dir, tmp_path, caplog, make_fifo
+):
+    client = start_client()
+    (tmp_path / "outside").mkdir()
+
+    skipped = not_regular_files(store_dir, tmp_path / "outside", make_fifo)
+    drop_in(store_dir, "good.json", stored_run("good"))  # the watcher must not hang before it
+
+    eventually(lambda: listed_ids(client) == ["good"])
+    for run_id in skipped:
+        assert warnings_about(caplog, f"{run_id}.json"), run_id
+    assert_not_served(client, skipped)
+
+
+def test_run_file_replaced_by_a_symlink_leaves_the_listing(start_client, store_dir, tmp_path):
+    """The registry cannot follow edits to a symlink's target: it must not serve one at all."""
+    client = start_client()
+    client.post(RUNS, json=make_run("good"))
+    client.post(RUNS, json=make_run("moved", status="failure"))
+    target = tmp_path / "moved.json"
+    target.write_bytes((store_dir / "moved.json").read_bytes())
+
+    (store_dir / ".moved.link").symlink_to(target)
+    os.replace(store_dir / ".moved.link", store_dir / "moved.json")
+
+    eventually(lambda: listed_ids(client) == ["good"])
+    assert client.get(f"{RUNS}?status=failure").get_json() == []
+    assert client.get(f"{RUNS}/moved").status_code == 404
