@@ -381,10 +381,16 @@ def _read_file(folder: str, name: str) -> tuple[tuple, bytes]:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
-    except OSError:
-        st = os.lstat(path)  # ELOOP for a symlink, ENXIO for a socket: look at what is there
+    except OSError as exc:
+        # ELOOP for a symlink, ENXIO for a socket, EACCES for a file or a folder we may not
+        # read: look at what is there. If lstat fails too, the folder is at fault, not the file.
+        st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             raise _NotARun.not_regular(st) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            # The folder let us look the file up: its own permissions keep us out. That file
+            # is skipped, as a broken one is; the rest of the store is fine.
+            raise _NotARun(_file_signature(st), f"cannot read it ({exc.strerror})") from None
         raise
     try:
         st = os.fstat(fd)
@@ -792,16 +798,24 @@ class RunStore:
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
-        with self._lock:
-            keys, total = self._select(query)
-            summaries = [self._runs[key[1]] for key in keys[: query.limit]]
-        raws = []
-        for summary in summaries:
-            raw = self._cached_raw(summary)
-            if raw is not None:
-                raws.append(raw)
+        for _ in range(3):
+            with self._lock:
+                keys, total = self._select(query)
+                summaries = [self._runs[key[1]] for key in keys[: query.limit]]
+            raws = [self._cached_raw(summary) for summary in summaries]
+            unserved = [s.run_id for s, raw in zip(summaries, raws, strict=True) if raw is None]
+            if not unserved:
+                break
+            # The index was behind the folder (a change the watcher has not handled yet, or no
+            # watcher): bring those runs up to date and select again, so that the page and its
+            # total count only what can be served.
+            for run_id in unserved:
+                try:
+                    self.refresh(file_name_for(run_id), run_id)
+                except OSError as exc:
+                    raise _store_error(exc, "read") from exc
         next_after = summaries[-1].key if len(keys) > query.limit else None
-        return RunPage(raws, total, next_after)
+        return RunPage([raw for raw in raws if raw is not None], total, next_after)
 
     def _cached_raw(self, summary: RunSummary) -> bytes | None:
         """Return a run's JSON bytes, from the cache when its file's signature is unchanged.
@@ -1167,16 +1181,16 @@ class RunStore:
         return run_id
 
     def _read_summary(self, name: str, run_id: str) -> RunSummary | None:
-        """Read one run file into a summary; warn once and return None if it is not a run."""
+        """Read one run file into a summary; warn once and return None if it is not a run.
+
+        Raise OSError if the store itself cannot be read (the folder, the disk).
+        """
         try:
             return _read_summary(self._path, name, run_id)
         except FileNotFoundError:
             return None  # removed while we looked; its delete event or the next scan drops it
         except _NotARun as exc:
             self._warn_once(name, exc.signature, str(exc))
-            return None
-        except OSError as exc:
-            log.warning("cannot read %s: %s", name, exc.strerror)
             return None
 
     @staticmethod
@@ -1192,7 +1206,11 @@ class RunStore:
     def refresh(
         self, name: str, run_id: str | None = None, scan_started_ns: int | None = None
     ) -> None:
-        """Re-read one file if its stat changed since it was indexed, or drop it if it is gone."""
+        """Re-read one file if its stat changed since it was indexed, or drop it if it is gone.
+
+        A file that holds no run the store can serve (broken, unreadable, not a regular file)
+        is dropped too. Raise OSError if the store itself cannot be read: the index is left.
+        """
         if run_id is None:
             run_id = self._run_id_of(name)
             if run_id is None:
@@ -1205,18 +1223,15 @@ class RunStore:
                 if not os.path.lexists(path):  # not written again by a save since our stat
                     self._remove(run_id)
             return
-        except OSError as exc:
-            log.warning("cannot stat %s: %s", name, exc.strerror)
-            return
         # Under the id's lock, a save of this id whose rename we saw has also updated the index.
         with self._id_lock(run_id):
             current = self._runs.get(run_id)
         if current is not None and current.signature == before:
             return
-        if name in self._warned and self._warned[name] == before:
-            return  # the same broken file we already warned about
         read_started = time.time_ns()
-        summary = self._read_summary(name, run_id)
+        # The same file we already warned about is not read again, only dropped.
+        warned = self._warned.get(name) == before
+        summary = None if warned else self._read_summary(name, run_id)
         with self._id_lock(run_id), self._lock:
             try:
                 now = _file_signature(os.lstat(path))
@@ -1224,8 +1239,10 @@ class RunStore:
                 self._remove(run_id)
                 return
             if summary is None:
-                if name in self._warned:
-                    self._remove(run_id)  # a run file turned broken: it is no longer served
+                # Only if what is there now is what we warned about: a file replaced since
+                # then has an event of its own coming.
+                if self._warned.get(name) == now:
+                    self._remove(run_id)  # a run file turned bad: it is no longer served
                 return
             if now != summary.signature:
                 return  # changed while we read it; the next event or scan picks it up

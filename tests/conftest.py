@@ -67,7 +67,13 @@ def free_port() -> int:
 class LiveServer:
     """`python app.py` in a subprocess, under waitress, on a loopback port."""
 
-    def __init__(self, store_dir: Path, env: dict | None = None, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        store_dir: Path,
+        env: dict | None = None,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),  # a command to run it under, such as setpriv
+    ):
         self.port = free_port()
         self.host = host
         self.url = f"http://{host}:{self.port}"
@@ -82,7 +88,7 @@ class LiveServer:
         self.log_path = store_dir.parent / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
+            [*prefix, sys.executable, str(ROOT / "app.py")],
             cwd=ROOT,
             env=full_env,
             stdout=self._log,

@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import make_run
+import requests
+from conftest import LiveServer, make_run
 from test_get_delete import ODD_IDS
 from test_index import run_in_thread
 
@@ -529,3 +531,75 @@ def test_run_file_replaced_by_a_symlink_leaves_the_listing(start_client, store_d
     eventually(lambda: listed_ids(client) == ["good"])
     assert client.get(f"{RUNS}?status=failure").get_json() == []
     assert client.get(f"{RUNS}/moved").status_code == 404
+
+
+# --- a file that cannot be read --------------------------------------------------------------
+
+
+def test_run_file_turned_unreadable_leaves_the_listing_and_its_count(
+    start_client, store_dir, caplog
+):
+    """Even when the index has not caught up (here no watcher), a listing drops such a file."""
+    store_dir.mkdir()
+    for run_id in ["r1", "r2", "r3"]:
+        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
+    client = start_client(WATCH_STORE=False)
+
+    (store_dir / "r2.json").unlink()
+    (store_dir / "r2.json").mkdir()  # unreadable even for root: EISDIR
+
+    for _ in range(2):
+        response = client.get(RUNS)
+        assert response.status_code == 200
+        assert [run["run_id"] for run in response.get_json()] == ["r1", "r3"]
+        assert response.headers["X-Total-Count"] == "2"
+    assert client.get(f"{RUNS}?limit=1").headers["X-Total-Count"] == "2"
+    assert client.get(f"{RUNS}/r2").status_code == 404
+    assert len(warnings_about(caplog, "r2.json")) == 1
+
+
+# Root reads any file: run the server without that power, so that chmod 000 keeps it out.
+AS_AN_ORDINARY_USER = (
+    ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+    if os.geteuid() == 0
+    else ()
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv to drop root's powers"
+)
+def test_run_file_the_server_may_not_read_is_skipped_until_it_may(store_dir):
+    store_dir.mkdir()
+    for run_id in ["r1", "r2", "r3"]:
+        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
+    server = LiveServer(store_dir, prefix=AS_AN_ORDINARY_USER).wait_ready()
+
+    def listing() -> tuple[list[str], str]:
+        response = requests.get(server.url + RUNS, timeout=10)
+        assert response.status_code == 200, response.text
+        return [run["run_id"] for run in response.json()], response.headers["X-Total-Count"]
+
+    try:
+        (store_dir / "r2.json").chmod(0)
+
+        eventually(lambda: listing() == (["r1", "r3"], "2"))
+        assert requests.get(f"{server.url}{RUNS}/r2", timeout=10).status_code == 404
+        assert server.log().count("r2.json: skipped, not a valid run: cannot read it") == 1
+
+        (store_dir / "r2.json").chmod(0o644)
+
+        eventually(lambda: listing() == (["r1", "r2", "r3"], "3"))
+
+        # A folder it may not read is the store's failure, not one file's: refuse, don't guess.
+        store_dir.chmod(0)
+        try:
+            response = requests.get(f"{server.url}{RUNS}/r1", timeout=10)
+        finally:
+            store_dir.chmod(0o755)
+        assert response.status_code == 503
+        assert response.json() == {
+            "error": "cannot read run: permission denied on the store folder"
+        }
+    finally:
+        server.stop()
