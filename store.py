@@ -31,9 +31,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import count, islice
+from itertools import count, islice, product
 from operator import attrgetter
 from pathlib import Path
+from types import NoneType
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
@@ -1311,6 +1312,25 @@ def _store_error(exc: OSError, action: str) -> StoreError:
     return StoreUnavailable(f"cannot {action} run: {reason}")
 
 
+# The types the last six fields of a snapshot row may have, as snapshot_row writes them
+# (json.loads gives exactly these classes; a bool is no int here). Every mix of them, so that
+# one look-up checks all six: a million rows are checked at a restart.
+_ROW_TAIL_TYPES = frozenset(
+    product(
+        (float, int),  # start_ts
+        (float, int),  # end_ts
+        (int, NoneType),  # bytes_backed_up
+        (bool, NoneType),  # encrypted
+        (str, NoneType),  # encryption_status
+        (str, NoneType),  # error
+    )
+)
+# What a datetime can hold, so that any time in a row can be turned back into one.
+MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
+MIN_US, MAX_US = int(MIN_TS) * 1_000_000, int(MAX_TS) * 1_000_000 + 999_999
+
+
 class _IndexSnapshot:
     """A copy of the index on disk, so a restart reads only the files that changed.
 
@@ -1336,6 +1356,8 @@ class _IndexSnapshot:
         try:
             with open(self.path, "rb") as handle:
                 header = json.loads(handle.readline())
+                if not isinstance(header, dict):
+                    raise ValueError("no header")
                 if header.get("format") != self.FORMAT:
                     raise ValueError(f"format {header.get('format')!r}")
                 young = header["written_ns"] - RACY_NS
@@ -1346,16 +1368,53 @@ class _IndexSnapshot:
                             rows[row[4]] = row
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
             log.warning("index snapshot %s unusable (%s); reading every run file", self.path, exc)
             return {}
         return rows
 
     @staticmethod
     def _check(row: list) -> None:
-        if len(row) != 15 or row[8] not in STATUSES or row[5].__class__ is not int:
-            raise ValueError("malformed row")
-        if not (row[4].__class__ is row[6].__class__ is row[7].__class__ is str):
+        """Raise ValueError unless row is what snapshot_row writes, each field of its type.
+
+        A row taken on trust goes into the index as it is: a start_ts read as a string, say,
+        made /v1/jobs answer 500 long after the start.
+        """
+        # Unpacking checks the length too (a ValueError), and that row is a sequence at all.
+        (
+            ino,
+            size,
+            mtime,
+            ctime,
+            run_id,
+            received,
+            job,
+            agent,
+            status,
+            start,
+            end,
+            backed_up,
+            encrypted,
+            encryption_status,
+            error,
+        ) = row
+        if (
+            not (ino.__class__ is size.__class__ is mtime.__class__ is ctime.__class__ is int)
+            or received.__class__ is not int
+            or not (run_id.__class__ is job.__class__ is agent.__class__ is str)
+            or status not in STATUSES
+            or (
+                start.__class__,
+                end.__class__,
+                backed_up.__class__,
+                encrypted.__class__,
+                encryption_status.__class__,
+                error.__class__,
+            )
+            not in _ROW_TAIL_TYPES
+            or not MIN_US <= received <= MAX_US
+            or not (MIN_TS <= start <= MAX_TS and MIN_TS <= end <= MAX_TS)  # nor NaN
+        ):
             raise ValueError("malformed row")
 
     def sweep_temp_files(self, older_than: float = STALE_TEMP_SECONDS) -> int:

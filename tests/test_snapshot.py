@@ -83,6 +83,8 @@ def test_rows_written_while_their_file_was_young_are_not_trusted(store_dir):
         b'{"format": 1, "written_ns": 99999999999999999999}\n[[1,2,3,4,"r0",5,"db","h",'
         b'"exploded",0,0,null,null,null,null]]\n',  # unknown status
         b'{"format": 1, "written_ns": 99999999999999999999}\n[[1,2,3,4,"r0"',  # truncated
+        b"[1]\n[]\n",  # a header that is no object
+        b'{"format": 1, "written_ns": 1}\n' + b"[" * 100_000,  # nested past the recursion limit
     ],
 )
 def test_a_broken_snapshot_is_ignored_and_rewritten(store_dir, content, caplog):
@@ -98,6 +100,56 @@ def test_a_broken_snapshot_is_ignored_and_rewritten(store_dir, content, caplog):
         assert "index snapshot" in caplog.text
     restarted.close()
     assert RunStore(store_dir, watch=False).files_read_at_start == 0
+
+
+def snapshot_rows(folder: Path) -> tuple[str, list[list]]:
+    """The snapshot's header line and its rows."""
+    header, *lines = snapshot_path(folder).read_text().splitlines()
+    return header, [row for line in lines for row in json.loads(line)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (0, 1.0),  # the inode, as a float
+        (1, "93"),  # the size
+        (2, None),  # mtime_ns
+        (3, True),  # ctime_ns: JSON's true is no number of nanoseconds
+        (4, 7),  # run_id
+        (5, 1.5),  # received_us
+        (5, 10**30),  # received_us, past any date-time
+        (6, None),  # job_name
+        (7, ["host"]),  # agent_id
+        (9, "2026-05-12T02:00:00Z"),  # start_ts, as a string
+        (9, float("nan")),  # start_ts: json writes NaN and reads it back
+        (10, float("inf")),  # end_ts
+        (10, False),  # end_ts
+        (11, 1.5),  # bytes_backed_up
+        (11, True),  # bytes_backed_up
+        (12, "yes"),  # encrypted
+        (12, 1),  # encrypted
+        (13, 0),  # encryption_status
+        (14, {"error": "x"}),  # error
+    ],
+)
+def test_a_row_with_a_field_of_the_wrong_type_makes_the_snapshot_unusable(
+    store_dir, field, value, caplog
+):
+    """Each field must have the type snapshot_row writes, or the start would trust garbage."""
+    original = aged_store(store_dir)
+    expected = index_view(original)
+    original.close()
+    header, rows = snapshot_rows(store_dir)
+    rows[0][field] = value  # a row whose signature still matches its file
+    snapshot_path(store_dir).write_text(header + "\n" + json.dumps(rows) + "\n")
+
+    with caplog.at_level(logging.WARNING):
+        restarted = RunStore(store_dir, watch=False)
+
+    assert "index snapshot" in caplog.text and "unusable" in caplog.text
+    assert restarted.files_read_at_start == 5
+    assert index_view(restarted) == expected
+    assert all(isinstance(s.start_ts, float) for s in restarted.summaries())
 
 
 def test_a_snapshot_that_lies_about_an_unchanged_signature_is_caught_by_stat(store_dir):
