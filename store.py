@@ -1345,6 +1345,10 @@ class _IndexSnapshot:
     CHUNK = 5000  # rows per line: small enough that writing never holds the GIL for long
 
     def __init__(self, directory: Path):
+        # Absolute first: STORE_DIR=. has no name and its parent is itself, which put the
+        # snapshot inside the store. Not resolve(): a store reached through a symlink keeps
+        # its snapshot where it always was, beside the link.
+        directory = Path(os.path.abspath(directory))
         self.path = directory.parent / f".{directory.name}.index-snapshot"
         self.version = -1  # the index version last written
         # What write() names its temp files, and nothing else: only those are ever swept.

@@ -166,6 +166,22 @@ def test_a_snapshot_that_lies_about_an_unchanged_signature_is_caught_by_stat(sto
     assert {s.status for s in restarted.summaries()} == {"success"}
 
 
+@pytest.mark.parametrize("relative", [".", "../store", "./"])
+def test_a_store_named_relative_to_the_current_folder_keeps_its_snapshot_beside_it(
+    store_dir, monkeypatch, relative
+):
+    """STORE_DIR=. has no name of its own: the snapshot must still go beside it, not in it."""
+    aged_store(store_dir).close()
+    snapshot_path(store_dir).unlink()
+    monkeypatch.chdir(store_dir)
+
+    RunStore(relative, watch=False).close()
+
+    assert sorted(os.listdir(store_dir)) == [f"r{number}.json" for number in range(5)]
+    assert snapshot_path(store_dir).exists()
+    assert RunStore(relative, watch=False).files_read_at_start == 0
+
+
 def test_server_saves_the_snapshot_when_stopped_with_sigterm(live_server_factory, store_dir):
     """A service manager's stop leaves a snapshot, so the next start reads nothing."""
     import requests
