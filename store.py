@@ -1062,6 +1062,12 @@ class RunStore:
                 if self._version == version and field not in self._postings:
                     self._postings[field] = postings
 
+    def forget_all(self) -> None:
+        """Drop every run from the index: for a folder that is gone from the store's path."""
+        with self._lock:
+            for run_id in list(self._runs):
+                self._remove(run_id)
+
     def rescan(self) -> None:
         """Bring the index in line with the folder, re-reading only files whose stat changed.
 
@@ -1522,6 +1528,10 @@ class _Watcher:
     If the kernel's event queue overflows, one full rescan (stat-only for unchanged files)
     puts things right. Where inotify is missing (not Linux, or out of watches) a rescan every
     POLL_SECONDS does the same job more slowly.
+    A watch follows the folder's inode, not its path: if the folder is removed or moved away
+    (a restore: rm -rf store; cp -a backup store), its watch is dropped, the index is emptied
+    (no folder, no runs), the path is looked at every POLL_SECONDS until a folder is there
+    again, and that one is watched and rescanned.
     """
 
     POLL_SECONDS = 1.0
@@ -1540,17 +1550,21 @@ class _Watcher:
 
             self._inotify = inotify_simple.INotify()
             f = inotify_simple.flags
-            self._inotify.add_watch(
-                store.directory,
+            self._mask = (
                 f.CLOSE_WRITE
                 | f.MOVED_TO
                 | f.MOVED_FROM
                 | f.DELETE
                 | f.CREATE
                 | f.ATTRIB
-                | f.ONLYDIR,
+                | f.DELETE_SELF
+                | f.MOVE_SELF
+                | f.ONLYDIR
             )
+            self._wd: int | None = self._inotify.add_watch(store.directory, self._mask)
             self._overflow = f.Q_OVERFLOW
+            # The folder itself is gone from its path (IN_IGNORED: its watch was removed).
+            self._folder_gone = f.DELETE_SELF | f.MOVE_SELF | f.IGNORED
             self.mode = "inotify"
         except (ImportError, OSError) as exc:
             if self._inotify is not None:
@@ -1589,6 +1603,29 @@ class _Watcher:
             return []
         return self._inotify.read(timeout=0)
 
+    def _lose_folder(self) -> None:
+        """Drop the watch of a folder that was removed or moved away from the store's path."""
+        # After IN_MOVE_SELF the watch still follows the old folder to its new name.
+        with contextlib.suppress(OSError):  # EINVAL: the kernel removed it already
+            self._inotify.rm_watch(self._wd)
+        self._wd = None
+        self.mode = "polling"
+        log.warning(
+            "store folder %s was removed or moved away; looking for it every %.0f s",
+            self._store.directory,
+            self.POLL_SECONDS,
+        )
+
+    def _watch_folder(self) -> bool:
+        """Watch the folder now at the store's path; return False if there is none to watch."""
+        try:
+            self._wd = self._inotify.add_watch(self._store.directory, self._mask)
+        except OSError:  # not there (yet), or no folder, or out of watches
+            return False
+        self.mode = "inotify"
+        log.info("watching store folder %s again; rescanning it", self._store.directory)
+        return True
+
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
         next_snapshot = time.monotonic() + 5
@@ -1603,15 +1640,30 @@ class _Watcher:
                     if not self._stop.wait(self.POLL_SECONDS):
                         self._store.rescan()
                     continue
+                if self._wd is None:  # the folder went away: look for it again
+                    if self._stop.wait(self.POLL_SECONDS):
+                        continue
+                    if not self._watch_folder():
+                        if os.path.isdir(self._store.directory):
+                            self._store.rescan()  # back, but cannot be watched: poll it
+                        continue
+                    rescan_due = True
                 events = self._wait_for_events()
                 if any(event.mask & self._overflow for event in events):
                     log.warning("inotify queue overflowed; rescanning the store")
+                    rescan_due = True
+                if any(e.wd == self._wd and e.mask & self._folder_gone for e in events):
+                    self._lose_folder()
+                    if not self._watch_folder():  # it may be back already
+                        self._store.forget_all()  # no folder holds no runs
+                        continue
                     rescan_due = True
                 if rescan_due:
                     self._store.rescan()  # if it fails, the next turn tries again
                     rescan_due = False
                     continue
-                for name in dict.fromkeys(event.name for event in events if event.name):
+                # Events of a watch dropped above are about a folder that is not the store's.
+                for name in dict.fromkeys(e.name for e in events if e.name and e.wd == self._wd):
                     self._store.follow(name)
                 if time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + self.RETRY_SECONDS

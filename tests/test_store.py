@@ -603,3 +603,64 @@ def test_run_file_the_server_may_not_read_is_skipped_until_it_may(store_dir):
         }
     finally:
         server.stop()
+
+
+# --- the store folder replaced from outside --------------------------------------------------
+
+
+def replace_folder(store_dir: Path, backup: Path, how: str) -> None:
+    """Put backup in the store folder's place, as a restore would."""
+    if how == "rm-and-copy":
+        shutil.rmtree(store_dir)
+        shutil.copytree(backup, store_dir)
+    else:  # move the old folder aside, then the new one in
+        store_dir.rename(store_dir.with_name("store.old"))
+        backup.rename(store_dir)
+
+
+@pytest.mark.parametrize("how", ["rm-and-copy", "move-aside"])
+def test_store_folder_replaced_from_outside_is_followed(start_client, store_dir, tmp_path, how):
+    client = start_client()
+    for run_id in ["old-1", "old-2"]:
+        client.post(RUNS, json=make_run(run_id))
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for run_id in ["restored-1", "restored-2"]:
+        drop_in(backup, f"{run_id}.json", stored_run(run_id))
+
+    replace_folder(store_dir, backup, how)
+
+    eventually(lambda: sorted(listed_ids(client)) == ["restored-1", "restored-2"], timeout=5)
+    # The new folder is followed from now on, as the old one was.
+    drop_in(store_dir, "dropped.json", stored_run("dropped"))
+    (store_dir / "restored-1.json").unlink()
+    eventually(lambda: sorted(listed_ids(client)) == ["dropped", "restored-2"])
+    assert client.post(RUNS, json=make_run("posted")).status_code == 201
+    assert client.application.extensions["store"].watching == "inotify"
+
+
+def test_store_folder_gone_for_a_while_is_followed_once_it_is_back(
+    start_client, store_dir, tmp_path, caplog
+):
+    client = start_client()
+    store = client.application.extensions["store"]
+    client.post(RUNS, json=make_run("old"))
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    drop_in(backup, "restored.json", stored_run("restored"))
+
+    shutil.rmtree(store_dir)
+
+    eventually(lambda: store.watching == "polling")
+    assert listed_ids(client) == []
+    response = client.post(RUNS, json=make_run("meanwhile"))
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "cannot write run: the store folder is missing"}
+
+    shutil.copytree(backup, store_dir)
+
+    eventually(lambda: listed_ids(client) == ["restored"], timeout=5)
+    assert store.watching == "inotify"
+    drop_in(store_dir, "dropped.json", stored_run("dropped"))
+    eventually(lambda: sorted(listed_ids(client)) == ["dropped", "restored"])
+    assert "store watcher error" not in caplog.text
