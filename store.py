@@ -608,7 +608,9 @@ class RunStore:
     """Runs kept as `<run_id>.json` in one folder, with an index kept true to that folder."""
 
     def __init__(self, directory: str | os.PathLike, *, watch: bool = True):
-        self.directory = Path(directory)
+        # Absolute once, at start: STORE_DIR=. otherwise means the process's working folder,
+        # which stays the old folder after a restore replaces it (see _Watcher).
+        self.directory = Path(os.path.abspath(directory))
         self._path = str(self.directory)  # os.path on str is cheaper than pathlib in hot loops
         self._lock = threading.RLock()
         # Orders the renames and index updates of one run id (see save). A lock per stripe of
@@ -1531,7 +1533,8 @@ class _Watcher:
     A watch follows the folder's inode, not its path: if the folder is removed or moved away
     (a restore: rm -rf store; cp -a backup store), its watch is dropped, the index is emptied
     (no folder, no runs), the path is looked at every POLL_SECONDS until a folder is there
-    again, and that one is watched and rescanned.
+    again, and that one is watched and rescanned. The folder's own events say so at once;
+    a check of the inode at the path every POLL_SECONDS catches a change that makes none.
     """
 
     POLL_SECONDS = 1.0
@@ -1561,6 +1564,7 @@ class _Watcher:
                 | f.MOVE_SELF
                 | f.ONLYDIR
             )
+            self._watched = self._folder_identity()  # before the watch: see _watch_folder
             self._wd: int | None = self._inotify.add_watch(store.directory, self._mask)
             self._overflow = f.Q_OVERFLOW
             # The folder itself is gone from its path (IN_IGNORED: its watch was removed).
@@ -1604,8 +1608,8 @@ class _Watcher:
         return self._inotify.read(timeout=0)
 
     def _lose_folder(self) -> None:
-        """Drop the watch of a folder that was removed or moved away from the store's path."""
-        # After IN_MOVE_SELF the watch still follows the old folder to its new name.
+        """Drop the watch of a folder that is no longer the one at the store's path."""
+        # A folder moved away (IN_MOVE_SELF) is still watched, under its new name.
         with contextlib.suppress(OSError):  # EINVAL: the kernel removed it already
             self._inotify.rm_watch(self._wd)
         self._wd = None
@@ -1616,8 +1620,19 @@ class _Watcher:
             self.POLL_SECONDS,
         )
 
+    def _folder_identity(self) -> tuple[int, int] | None:
+        """Return (device, inode) of the folder now at the store's path, or None if none is."""
+        try:
+            st = os.stat(self._store.directory)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
     def _watch_folder(self) -> bool:
         """Watch the folder now at the store's path; return False if there is none to watch."""
+        # Taken before the watch is added: if the folder is replaced in between, the two
+        # differ, and the next check of the identity watches the path again.
+        self._watched = self._folder_identity()
         try:
             self._wd = self._inotify.add_watch(self._store.directory, self._mask)
         except OSError:  # not there (yet), or no folder, or out of watches
@@ -1629,7 +1644,7 @@ class _Watcher:
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
         next_snapshot = time.monotonic() + 5
-        next_retry = 0.0
+        next_retry = next_identity_check = 0.0
         rescan_due = False
         while not self._stop.is_set():
             try:
@@ -1652,7 +1667,13 @@ class _Watcher:
                 if any(event.mask & self._overflow for event in events):
                     log.warning("inotify queue overflowed; rescanning the store")
                     rescan_due = True
-                if any(e.wd == self._wd and e.mask & self._folder_gone for e in events):
+                gone = any(e.wd == self._wd and e.mask & self._folder_gone for e in events)
+                if not gone and time.monotonic() >= next_identity_check:
+                    next_identity_check = time.monotonic() + self.POLL_SECONDS
+                    # Not every removal makes an event: a folder that is still some process's
+                    # working folder (ours, with STORE_DIR=.) lives on, unnamed, until it is not.
+                    gone = self._folder_identity() != self._watched
+                if gone:
                     self._lose_folder()
                     if not self._watch_folder():  # it may be back already
                         self._store.forget_all()  # no folder holds no runs

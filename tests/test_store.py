@@ -619,8 +619,14 @@ def replace_folder(store_dir: Path, backup: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["rm-and-copy", "move-aside"])
-def test_store_folder_replaced_from_outside_is_followed(start_client, store_dir, tmp_path, how):
-    client = start_client()
+@pytest.mark.parametrize("named", ["absolute", "current folder"])
+def test_store_folder_replaced_from_outside_is_followed(
+    start_client, store_dir, tmp_path, monkeypatch, how, named
+):
+    if named == "current folder":  # STORE_DIR=. : the new folder is not the process's cwd
+        store_dir.mkdir()
+        monkeypatch.chdir(store_dir)
+    client = start_client(STORE_DIR="." if named == "current folder" else str(store_dir))
     for run_id in ["old-1", "old-2"]:
         client.post(RUNS, json=make_run(run_id))
     backup = tmp_path / "backup"
