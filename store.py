@@ -792,11 +792,13 @@ class RunStore:
             raise _store_error(exc, "read") from exc
         try:
             run = json.loads(raw)
-        except ValueError:
-            run = None
-        if not isinstance(run, dict) or run.get("run_id") != run_id:
-            self._warn_once(name, signature, "skipped, not a valid run")
-            raise RunNotFound(run_id)
+            if not isinstance(run, dict):
+                raise ValueError("not a JSON object")
+            # What the index demands of a run, so that GET serves only what listings show.
+            RunSummary(run, run_id, signature)
+        except (ValueError, TypeError, RecursionError) as exc:
+            self._warn_once(name, signature, f"skipped, not a valid run: {exc}")
+            raise RunNotFound(run_id) from None
         return signature, raw.rstrip()
 
     def list_runs(self, query: RunQuery) -> RunPage:

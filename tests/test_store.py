@@ -335,6 +335,19 @@ def test_a_skipped_file_s_warning_names_the_field_at_fault(start_client, store_d
     assert "start_time: not an ISO 8601 date-time" in warning
 
 
+def test_a_file_the_listing_skips_is_not_served_by_get_either(start_client, store_dir):
+    """GET used to check only run_id: it served a file the index refused, and the dashboard's
+    page for it answered 500."""
+    store_dir.mkdir()
+    drop_in(store_dir, "bare.json", {"run_id": "bare", "job_name": "j", "agent_id": "a"})
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+    assert client.get(f"{RUNS}/bare").status_code == 404
+    assert client.get("/run/bare").status_code == 404
+
+
 def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_dir, caplog):
     client = start_client()
     client.post(RUNS, json=make_run("good"))
