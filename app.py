@@ -9,7 +9,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -36,6 +35,7 @@ from store import (
     StoreFull,
     StoreUnavailable,
     format_timestamp,
+    loads_strict,
     parse_timestamp,
     to_micros,
 )
@@ -184,19 +184,6 @@ STORE_ERROR_STATUS = {StoreFull: 507, StoreUnavailable: 503, InvalidRunId: 400, 
 # --- request bodies --------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 is valid JSON but no double: Python reads it as inf, which would be stored, and
-    # served back, as the non-JSON word Infinity.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is too large")
-    return value
-
-
 def parse_json_body(raw: bytes) -> object:
     """Decode a request body as JSON, whatever its Content-Type; raise ApiError if it is not."""
     if not raw.strip():
@@ -206,7 +193,7 @@ def parse_json_body(raw: bytes) -> object:
     except UnicodeDecodeError as exc:
         raise ApiError(f"body: not valid UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = loads_strict(text)
     except RecursionError:
         raise ApiError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:

@@ -35,7 +35,7 @@ from prometheus_client.exposition import (
 )
 from werkzeug.exceptions import BadRequest
 
-from store import RunNotFound, RunStore, RunSummary, format_timestamp
+from store import RunNotFound, RunStore, RunSummary, format_timestamp, loads_strict
 
 JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
 log = logging.getLogger("backup_registry.jobs")
@@ -122,7 +122,7 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
     # Python's recursion limit, in the JSON reader or in the repr a schema message quotes.
     too_deep = f"{where}: JSON nested too deeply (a jobs file is a list of flat objects)"
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = loads_strict(text)  # an infinite interval would never be late
     except RecursionError:
         raise JobsFileError(too_deep) from None
     except json.JSONDecodeError as exc:
@@ -147,20 +147,6 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         ),
         changed_at,
     )
-
-
-def _refuse_constant(name: str) -> None:
-    # Python reads Infinity and NaN, JSON has neither; an infinite interval would never be late.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 is valid JSON, but Python reads it as infinity: refused for the same reason, and
-    # because /v1/jobs would then write Infinity, which is not JSON.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text} is out of range: it would be read as infinity")
-    return value
 
 
 def _jobs_validator() -> jsonschema.Draft202012Validator:

@@ -14,6 +14,7 @@ import gc
 import heapq
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -402,11 +403,32 @@ def _read_file(folder: str, name: str) -> tuple[tuple, bytes]:
         os.close(fd)
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range: it would be read as infinity")
+    return value
+
+
+# Python's json reads NaN and Infinity, which JSON has not, and reads 1e400 as infinity; a
+# value like that, stored or served, would be written back as the non-JSON word Infinity.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def loads_strict(text: str | bytes) -> object:
+    """Parse JSON text (UTF-8 if bytes) as RFC 8259 defines it, or raise ValueError."""
+    return _STRICT_JSON.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+
+
 def _read_summary(folder: str, name: str, run_id: str) -> RunSummary:
     """Read one run file into a summary; raise _NotARun, or OSError if it cannot be read."""
     signature, raw = _read_file(folder, name)
     try:
-        run = json.loads(raw)
+        run = loads_strict(raw)
         if not isinstance(run, dict):
             raise ValueError("not a JSON object")
         return RunSummary(run, run_id, signature)
@@ -791,7 +813,7 @@ class RunStore:
         except OSError as exc:
             raise _store_error(exc, "read") from exc
         try:
-            run = json.loads(raw)
+            run = loads_strict(raw)
             if not isinstance(run, dict):
                 raise ValueError("not a JSON object")
             # What the index demands of a run, so that GET serves only what listings show.

@@ -348,6 +348,23 @@ def test_a_file_the_listing_skips_is_not_served_by_get_either(start_client, stor
     assert client.get("/run/bare").status_code == 404
 
 
+@pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e400"])
+def test_a_file_holding_a_number_json_has_not_is_skipped(start_client, store_dir, caplog, number):
+    """Served as it is, its bytes would not be JSON: a client's parser would fail on it."""
+    store_dir.mkdir()
+    drop_in(
+        store_dir,
+        "odd.json",
+        json.dumps(stored_run("odd", metadata={"x": 1})).replace('"x": 1', f'"x": {number}'),
+    )
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+    assert client.get(f"{RUNS}/odd").status_code == 404
+    assert warnings_about(caplog, "odd.json")
+
+
 def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_dir, caplog):
     client = start_client()
     client.post(RUNS, json=make_run("good"))
