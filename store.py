@@ -1665,11 +1665,26 @@ class _Watcher:
         log.info("watching store folder %s again; rescanning it", self._store.directory)
         return True
 
+    def _poll(self, folder_was_there: bool) -> None:
+        """Without inotify: rescan the folder, or, while it is gone, hold no runs."""
+        if os.path.isdir(self._store.directory):
+            self._store.rescan()
+            return
+        # One warning, not a traceback every second, while a restore is under way.
+        if folder_was_there:
+            log.warning(
+                "store folder %s is gone; checking every %.0f s",
+                self._store.directory,
+                self.POLL_SECONDS,
+            )
+        self._store.forget_all()  # no folder holds no runs, as when inotify sees it go
+
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
         next_snapshot = time.monotonic() + 5
         next_retry = next_identity_check = 0.0
         rescan_due = False
+        folder_was_there = True
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_snapshot:
@@ -1677,7 +1692,8 @@ class _Watcher:
                     self._store.save_snapshot()
                 if self._inotify is None:
                     if not self._stop.wait(self.POLL_SECONDS):
-                        self._store.rescan()
+                        self._poll(folder_was_there)
+                        folder_was_there = os.path.isdir(self._store.directory)
                     continue
                 if self._wd is None:  # the folder went away: look for it again
                     if self._stop.wait(self.POLL_SECONDS):

@@ -698,3 +698,30 @@ def test_store_folder_gone_for_a_while_is_followed_once_it_is_back(
     drop_in(store_dir, "dropped.json", stored_run("dropped"))
     eventually(lambda: sorted(listed_ids(client)) == ["dropped", "restored"])
     assert "store watcher error" not in caplog.text
+
+
+def test_without_inotify_the_folder_is_polled_and_may_go_and_come_back(
+    start_client, store_dir, caplog, monkeypatch
+):
+    """Where inotify is missing (or out of instances) the store is re-read every second."""
+    import inotify_simple
+
+    def no_inotify():
+        raise OSError(errno.EMFILE, "no inotify instance left")  # what a full quota gives
+
+    monkeypatch.setattr(inotify_simple, "INotify", no_inotify)
+    client = start_client()
+    assert client.application.extensions["store"].watching == "polling"
+
+    drop_in(store_dir, "dropped.json", stored_run("dropped"))
+    eventually(lambda: listed_ids(client) == ["dropped"], timeout=5)
+
+    shutil.rmtree(store_dir)  # a restore under way
+    eventually(lambda: client.get(RUNS).get_json() == [], timeout=5)
+    time.sleep(2.5)  # two more rounds while it is gone
+    store_dir.mkdir()
+    drop_in(store_dir, "restored.json", stored_run("restored"))
+
+    eventually(lambda: listed_ids(client) == ["restored"], timeout=5)
+    assert caplog.text.count("is gone; checking every") == 1
+    assert "store watcher error" not in caplog.text  # no traceback a second meanwhile
