@@ -805,7 +805,9 @@ class RunStore:
         """Read a run file and check it holds that run; return (signature, JSON bytes)."""
         try:
             signature, raw = _read_file(self._path, name)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if not os.path.isdir(self._path):  # no folder: no telling whether the run exists
+                raise _store_error(exc, "read") from exc
             raise RunNotFound(run_id) from None
         except _NotARun as exc:
             self._warn_once(name, exc.signature, str(exc))
