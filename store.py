@@ -333,10 +333,15 @@ def _file_signature(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _shown(name: str) -> str:
-    """Return a folder entry's name fit for the log: bytes that are not UTF-8 as escapes."""
-    # os.listdir turns such bytes into lone surrogates, which a UTF-8 log cannot hold.
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    """Return a folder entry's name fit for one log line: odd bytes and controls as escapes."""
+    # os.listdir turns bytes that are not UTF-8 into lone surrogates, which a UTF-8 log cannot
+    # hold; and a name holding a newline would start a line of its own choosing.
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return _CONTROL_CHARACTER.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
 
 
 def _may_be_run_file(name: str) -> bool:

@@ -727,3 +727,15 @@ def test_without_inotify_the_folder_is_polled_and_may_go_and_come_back(
     eventually(lambda: listed_ids(client) == ["restored"], timeout=5)
     assert caplog.text.count("is gone; checking every") == 1
     assert "store watcher error" not in caplog.text  # no traceback a second meanwhile
+
+
+def test_a_file_name_holding_a_newline_stays_on_one_log_line(start_client, store_dir, caplog):
+    """Only someone who can write the folder could do it, but the log must not say otherwise."""
+    store_dir.mkdir()
+    drop_in(store_dir, "x\n2026-11-26 WARNING backup_registry.auth: forged.json", "{}")
+
+    start_client(WATCH_STORE=False)
+
+    (warning,) = warnings_about(caplog, "forged.json")
+    assert "\n" not in warning
+    assert warning.startswith("x\\x0a2026-11-26 WARNING backup_registry.auth: forged.json: ")
