@@ -753,19 +753,31 @@ class RunStore:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+                written = os.fstat(fd)
             finally:
                 os.close(fd)
             # The rename and the index update happen under the id's lock, so the index ends in
             # the order the renames did when clients overwrite the same id at once.
             with self._id_lock(run_id):
                 os.replace(temp, final)
-                summary.signature = _file_signature(os.stat(final))
+                st = os.stat(final)
+                # A rename keeps the inode, size and mtime. If they differ, someone wrote the
+                # file after our rename: its signature must not vouch for our content.
+                ours = (st.st_ino, st.st_size, st.st_mtime_ns) == (
+                    written.st_ino,
+                    written.st_size,
+                    written.st_mtime_ns,
+                )
+                summary.signature = _file_signature(st) if ours else None
                 with self._lock:
                     self._put(summary)
-                    self._cache_raw(run_id, summary.signature, data.rstrip())
+                    if ours:
+                        self._cache_raw(run_id, summary.signature, data.rstrip())
         except OSError as exc:
             _unlink_quietly(temp)
             raise _store_error(exc, "write") from exc
+        if not ours:
+            self.follow(name, run_id)  # index what the file holds now
         self._sync_directory()
         return run
 

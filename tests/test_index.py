@@ -451,6 +451,36 @@ def test_a_file_seen_gone_and_then_saved_again_stays_indexed(store_dir, monkeypa
     assert "r" in store
 
 
+@pytest.mark.parametrize("how", ["replaced", "edited in place, same size"])
+def test_an_outside_write_between_a_saves_rename_and_stat_is_not_hidden(
+    store_dir, monkeypatch, how
+):
+    """The save's stat then sees the outsider's file; it must not vouch for the save's content."""
+    store = RunStore(store_dir, watch=False)
+    final = str(store_dir / "r.json")
+    outside = json.dumps(run_record("r", "db", "failure", 1, 1))  # same size as the saved one
+    real_stat = os.stat
+
+    def stat_after_an_outside_write(path, *args, **kwargs):
+        if os.fspath(path) == final:
+            monkeypatch.setattr(os, "stat", real_stat)  # once, in the save
+            if how == "replaced":
+                (store_dir / ".rsync-tmp").write_text(outside)
+                os.replace(store_dir / ".rsync-tmp", final)
+            else:
+                time.sleep(0.01)  # a later mtime, as any later write has
+                with open(final, "r+") as handle:
+                    handle.write(outside)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_after_an_outside_write)
+    store.save(run_record("r", "db", "success", 1, 1))
+    store.rescan()  # what the watcher does on the outsider's event
+
+    assert [s.status for s in store.summaries()] == ["failure"]
+    assert index_view(store) == index_view(RunStore(store_dir, watch=False))
+
+
 def test_the_watcher_takes_the_events_of_a_burst_in_one_read(store_dir, monkeypatch):
     """After the first event it waits a moment, so a stream of writes costs few wake-ups."""
     store = RunStore(store_dir, watch=False)
