@@ -679,25 +679,18 @@ class JobMonitor:
         return complete
 
     @staticmethod
-    def _job_stats(
-        job: tuple[str, str],
-        version: int | None,
-        runs: list[RunSummary],
-        override: JobOverride | None,
-        last_run: dict | None,
-        since: float | None = None,
-    ) -> JobStats:
-        """Return a job's statistics, or only what its runs say if its figures fail."""
+    def _job_stats(*args) -> JobStats:
+        """Return JobStats(*args), or only what the job's runs say if its figures fail."""
         try:
-            return JobStats(job, version, runs, override, last_run, since)
+            return JobStats(*args)
         except Exception:
             # One job's odd runs must not make /v1/jobs, /metrics and the dashboard fail for
             # every job. Logged once: the result is kept until the job's runs change. %r
             # escapes line breaks and control characters in the names.
             log.exception(
-                "job %r on agent %r: cannot compute its figures; listing it without them", *job
+                "job %r on agent %r: cannot compute its figures; listing it without them", *args[0]
             )
-            return JobStats(job, version, runs, override, last_run, since, figures=False)
+            return JobStats(*args, figures=False)
 
     def moments(self, now: datetime, states: Iterable[str] = ()) -> list[tuple[JobStats, tuple]]:
         """Return (statistics, moment) per job at now, worst state first, then newest run."""
