@@ -282,14 +282,14 @@ def schedule_of(
     The source is "cron" or "interval" when the jobs file sets it, else "inferred".
     """
     last_start = starts[-1]
-    if override is not None and override.cron is not None:
-        source = "cron"
+    source = declared_schedule(override)
+    if source == "cron":
         expected, interval = cron_schedule(override.cron, override.timezone, last_start)
     else:
-        if override is not None and override.interval_seconds is not None:
-            source, interval = "interval", float(override.interval_seconds)
+        if source == "interval":
+            interval = float(override.interval_seconds)
         else:
-            source, interval = "inferred", infer_interval(starts)
+            interval = infer_interval(starts)
         expected = None if interval is None else last_start + interval
         if expected is not None and expected > LAST_TIMESTAMP:
             # Past the year 9999 there is no RFC 3339 time to show, and no clock will get
@@ -324,18 +324,18 @@ def first_schedule(
     Its first run is expected one interval after since (when the registry began to expect
     it), or at the first cron slot after since; with no schedule set, none is expected.
     """
-    if override.cron is not None:
-        source = "cron"
+    source = declared_schedule(override)
+    if source == "cron":
         try:
             since_there = datetime.fromtimestamp(since, ZoneInfo(override.timezone))
             expected_ts, interval = cron_slots(override.cron, since_there)
         except _OUT_OF_CALENDAR:
             return source, None, None, None
-    elif override.interval_seconds is not None:
-        source, interval = "interval", float(override.interval_seconds)
+    elif source == "interval":
+        interval = float(override.interval_seconds)
         expected_ts = since + interval
     else:
-        return "inferred", None, None, None
+        return source, None, None, None
     return source, interval, expected_ts, grace_of(interval, override)
 
 
