@@ -1256,12 +1256,18 @@ class RunStore:
             summary.signature = None
 
     def refresh(
-        self, name: str, run_id: str | None = None, scan_started_ns: int | None = None
+        self,
+        name: str,
+        run_id: str | None = None,
+        scan_started_ns: int | None = None,
+        *,
+        written_in_place: bool = False,
     ) -> None:
         """Re-read one file if its stat changed since it was indexed, or drop it if it is gone.
 
-        A file that holds no run the store can serve (broken, unreadable, not a regular file)
-        is dropped too. Raise OSError if the store itself cannot be read: the index is left.
+        written_in_place says the file was written where it lies, so it is read whatever its
+        stat says. A file that holds no run the store can serve (broken, unreadable, not a
+        regular file) is dropped too. Raise OSError if the store itself cannot be read.
         """
         if run_id is None:
             run_id = self._run_id_of(name)
@@ -1278,11 +1284,11 @@ class RunStore:
         # Under the id's lock, a save of this id whose rename we saw has also updated the index.
         with self._id_lock(run_id):
             current = self._runs.get(run_id)
-        if current is not None and current.signature == before:
+        if current is not None and current.signature == before and not written_in_place:
             return
         read_started = time.time_ns()
         # The same file we already warned about is not read again, only dropped.
-        warned = self._warned.get(name) == before
+        warned = self._warned.get(name) == before and not written_in_place
         summary = None if warned else self._read_summary(name, run_id)
         with self._id_lock(run_id), self._lock:
             try:
@@ -1302,10 +1308,16 @@ class RunStore:
             # keeping its size: so a signature younger than RACY_NS proves nothing yet.
             self._forget_if_racy(summary, scan_started_ns or read_started)
             self._warned.pop(name, None)
+            self._raw_cache.pop(run_id, None)  # its signature may be the old bytes' too
             self._put(summary)
 
     def follow(
-        self, name: str, run_id: str | None = None, scan_started_ns: int | None = None
+        self,
+        name: str,
+        run_id: str | None = None,
+        scan_started_ns: int | None = None,
+        *,
+        written_in_place: bool = False,
     ) -> None:
         """refresh() for the watcher: an error is logged, once, and the file tried again later.
 
@@ -1313,7 +1325,7 @@ class RunStore:
         their turn, nor be forgotten: retry_failed() tries it again until it works.
         """
         try:
-            self.refresh(name, run_id, scan_started_ns)
+            self.refresh(name, run_id, scan_started_ns, written_in_place=written_in_place)
         except Exception as exc:
             if name not in self._failing:
                 log.warning(
@@ -1327,9 +1339,9 @@ class RunStore:
             self._failing.discard(name)
 
     def retry_failed(self) -> None:
-        """Try again each file follow() could not check."""
+        """Try again each file follow() could not check, reading it whatever its stat says."""
         for name in list(self._failing):
-            self.follow(name)
+            self.follow(name, written_in_place=True)
 
     def _warn_once(self, name: str, signature: tuple | None, message: str) -> None:
         if name in self._warned and self._warned[name] == signature:
@@ -1610,6 +1622,12 @@ class _Watcher:
             self._watched = self._folder_identity()  # before the watch: see _watch_folder
             self._wd: int | None = self._inotify.add_watch(store.directory, self._mask)
             self._overflow = f.Q_OVERFLOW
+            # A run file closed after writing was written in place (cp, an editor): the API
+            # only ever renames finished files in. Its stat may not show it: two writes of the
+            # same size within one timestamp tick (a second, on some file systems) keep the
+            # signature, and so would our save's. This event is the one sure sign, so such a
+            # file is read whatever its stat says; it costs the API's own writes nothing.
+            self._closed_after_writing = f.CLOSE_WRITE
             # The folder itself is gone from its path (IN_IGNORED: its watch was removed).
             self._folder_gone = f.DELETE_SELF | f.MOVE_SELF | f.IGNORED
             self.mode = "inotify"
@@ -1743,8 +1761,13 @@ class _Watcher:
                     rescan_due = False
                     continue
                 # Events of a watch dropped above are about a folder that is not the store's.
-                for name in dict.fromkeys(e.name for e in events if e.name and e.wd == self._wd):
-                    self._store.follow(name)
+                changed: dict[str, bool] = {}
+                for event in events:
+                    if event.name and event.wd == self._wd:
+                        written = bool(event.mask & self._closed_after_writing)
+                        changed[event.name] = changed.get(event.name, False) or written
+                for name, written_in_place in changed.items():
+                    self._store.follow(name, written_in_place=written_in_place)
                 if time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + self.RETRY_SECONDS
                     self._store.retry_failed()
