@@ -788,7 +788,9 @@ class RunStore:
             try:
                 os.unlink(path)
                 existed = True
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if not os.path.isdir(self._path):  # no folder: no telling whether it was there
+                    raise _store_error(exc, "delete") from exc
                 existed = False
             except OSError as exc:
                 raise _store_error(exc, "delete") from exc

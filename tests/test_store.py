@@ -689,6 +689,9 @@ def test_store_folder_gone_for_a_while_is_followed_once_it_is_back(
     assert listed_ids(client) == []
     # Not 404: with no folder there is no telling whether the run exists.
     assert client.get(f"{RUNS}/old").status_code == 503
+    response = client.delete(f"{RUNS}/old")  # nor 204: the run may be back with the folder
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "cannot delete run: the store folder is missing"}
     response = client.post(RUNS, json=make_run("meanwhile"))
     assert response.status_code == 503
     assert response.get_json() == {"error": "cannot write run: the store folder is missing"}
