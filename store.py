@@ -502,6 +502,7 @@ class _CheckedFiles(NamedTuple):
     kept: list[str]  # ids whose snapshot row still holds (same stat signature)
     rows: list[list]  # snapshot rows for the run files that had to be read, newest first
     problems: list[tuple]  # (name, stat signature or None, message) for files to warn about
+    failed: list[str]  # names that could not be read for a reason of the store's: tried again
 
 
 def _check_files(
@@ -515,6 +516,7 @@ def _check_files(
     kept: list[str] = []
     rows: list[list] = []
     problems: list[tuple] = []
+    failed: list[str] = []
     for index in range(start, stop):
         name = names[index]
         if not _may_be_run_file(name):
@@ -539,10 +541,11 @@ def _check_files(
         except _NotARun as exc:
             problems.append((name, exc.signature, str(exc)))
         except OSError as exc:
-            problems.append((name, None, f"cannot read: {exc.strerror}"))
+            problems.append((name, None, f"cannot read: {exc.strerror}; trying again"))
+            failed.append(name)
     # Newest first, as the index sorts them: sorted slices make the caller's sort a cheap merge.
     rows.sort(key=_snapshot_row_key)
-    return _CheckedFiles(run_files, kept, rows, problems)
+    return _CheckedFiles(run_files, kept, rows, problems, failed)
 
 
 def _snapshot_row_key(row: list) -> tuple[int, str]:
@@ -1174,6 +1177,8 @@ class RunStore:
                 read.append(summary)
             for name, signature, message in checked.problems:
                 self._warn_once(name, signature, message)
+            # An I/O error may pass: the watcher tries these files again, as it does its own.
+            self._failing.update(checked.failed)
         self.files_read_at_start = run_files - len(kept)
         # The snapshot is written newest first, so this part is born sorted and the sort below
         # only has to merge in the slices that were read, each sorted already.

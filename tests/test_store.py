@@ -20,6 +20,7 @@ from conftest import LiveServer, make_run
 from test_get_delete import ODD_IDS
 from test_index import run_in_thread
 
+import store as store_module
 from store import file_name_for, run_id_for
 
 RUNS = "/v1/backup-runs"
@@ -476,6 +477,32 @@ def test_a_file_the_watcher_cannot_check_costs_its_batch_nothing_and_is_tried_ag
     assert listed_ids(client) == ["second", "third"]
     faulty.clear()
     eventually(lambda: listed_ids(client) == ["first", "second", "third"])
+    assert len(warnings_about(caplog, "first.json")) == 1
+
+
+def test_a_file_that_cannot_be_read_at_start_is_tried_again(
+    start_client, store_dir, caplog, monkeypatch
+):
+    """An I/O error on one file during the start: the rest are served, and it once it heals."""
+    store_dir.mkdir()
+    for run_id in ["first", "second"]:
+        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
+    real_read_summary = store_module._read_summary
+    faulty = threading.Event()
+    faulty.set()
+
+    def read_summary(folder, name, *args):
+        # Injected: no file system here can make a real I/O error on one file.
+        if name == "first.json" and faulty.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read_summary(folder, name, *args)
+
+    monkeypatch.setattr(store_module, "_read_summary", read_summary)
+    client = start_client()
+
+    assert listed_ids(client) == ["second"]
+    faulty.clear()
+    eventually(lambda: listed_ids(client) == ["first", "second"])
     assert len(warnings_about(caplog, "first.json")) == 1
 
 
