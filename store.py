@@ -1276,17 +1276,22 @@ class RunStore:
         stat says. A file that holds no run the store can serve (broken, unreadable, not a
         regular file) is dropped too. Raise OSError if the store itself cannot be read.
         """
+        path = os.path.join(self._path, name)
         if run_id is None:
             run_id = self._run_id_of(name)
             if run_id is None:
+                if not os.path.lexists(path):
+                    self._warned.pop(name, None)
                 return
-        path = os.path.join(self._path, name)
         try:
             before = _file_signature(os.lstat(path))
         except FileNotFoundError:
             with self._id_lock(run_id), self._lock:
                 if not os.path.lexists(path):  # not written again by a save since our stat
                     self._remove(run_id)
+                    # Forget its warning too: a folder where broken files come and go must
+                    # not grow this without end.
+                    self._warned.pop(name, None)
             return
         # Under the id's lock, a save of this id whose rename we saw has also updated the index.
         with self._id_lock(run_id):

@@ -480,6 +480,20 @@ def test_a_file_the_watcher_cannot_check_costs_its_batch_nothing_and_is_tried_ag
     assert len(warnings_about(caplog, "first.json")) == 1
 
 
+def test_warnings_about_files_since_removed_are_not_kept(start_client, store_dir, caplog):
+    """Broken files that come and go leave nothing behind: a long-lived server must not grow."""
+    client = start_client()
+    store = client.application.extensions["store"]
+    names = [f"broken-{number}.json" for number in range(20)] + ["bad name.json"]
+    for name in names:
+        drop_in(store_dir, name, "{not json")
+    eventually(lambda: all(warnings_about(caplog, name) for name in names))
+    assert len(store._warned) == len(names)
+    for name in names:
+        (store_dir / name).unlink()
+    eventually(lambda: not store._warned)
+
+
 def test_a_file_that_cannot_be_read_at_start_is_tried_again(
     start_client, store_dir, caplog, monkeypatch
 ):
