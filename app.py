@@ -396,24 +396,35 @@ def _checked_credentials() -> str | None:
     return None
 
 
-def is_cross_site_write() -> bool:
-    """Tell whether a browser is sending a state-changing request from another site.
+def cross_site_refusal() -> str | None:
+    """Return why a browser's state-changing request from another site is refused, or None.
 
     The localhost bypass and a browser's cached Basic credentials would otherwise let any web
     page the operator visits post or delete runs. Scripts (curl, agents) send no Origin.
+    An origin is a scheme and a host with its port: a page served over http is not this
+    server when it is reached over https, as a network attacker could serve that page.
     """
     if request.method in ("GET", "HEAD", "OPTIONS"):
-        return False
+        return None
+    refused = "cross-site request refused: the Origin is not this server"
     if request.headers.get("Sec-Fetch-Site") == "cross-site":
-        return True
+        return refused
     origin = request.headers.get("Origin")
     if origin is None:
-        return False
+        return None
     try:
-        netloc = urlsplit(origin).netloc
+        parts = urlsplit(origin)
     except ValueError:  # 'http://[' and the like: no origin of this server
-        return True
-    return origin == "null" or netloc.lower() != request.host.lower()
+        return refused
+    if origin == "null" or parts.netloc.lower() != request.host.lower():
+        return refused
+    if parts.scheme.lower() != request.scheme:
+        # The usual cause is a TLS proxy that does not say so, not an attack: name the fix.
+        return (
+            f"{refused} (it is {parts.scheme}, this request came in as {request.scheme}: "
+            "behind a TLS proxy, set TRUSTED_PROXY and have it send X-Forwarded-Proto)"
+        )
+    return None
 
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Backup Registry", charset="UTF-8"'}
@@ -492,8 +503,9 @@ def register_hooks(app: Flask) -> None:
     @app.before_request
     def check_auth() -> Response | None:
         g.started = time.perf_counter()
-        if is_cross_site_write():
-            return error_response("cross-site request refused: the Origin is not this server", 403)
+        refusal = cross_site_refusal()
+        if refusal is not None:
+            return error_response(refusal, 403)
         g.auth = authenticate()
         if g.auth is None and request.endpoint not in app.config.get("PUBLIC_ENDPOINTS", ()):
             # Who was refused, for fail2ban and the like: behind a TRUSTED_PROXY this is the

@@ -238,6 +238,7 @@ def test_secrets_never_appear_in_responses_or_logs(client, caplog):
         {"Origin": "http://localhost.evil.example"},
         {"Origin": "null"},
         {"Origin": "http://["},  # urlsplit raises ValueError (was a 500)
+        {"Origin": "https://localhost"},  # this host, but not the scheme the request came in
         {"Sec-Fetch-Site": "cross-site"},
     ],
 )
@@ -250,6 +251,13 @@ def test_cross_site_writes_are_403(client, store_dir, method, headers):
     assert response.status_code == 403
     assert list(response.get_json()) == ["error"]
     assert client.get(f"{RUNS}/run-1").get_json()["status"] == "success"
+
+
+def test_an_origin_differing_only_in_scheme_is_refused_with_the_likely_fix(client):
+    response = client.post(RUNS, json=make_run(), headers={"Origin": "https://localhost"})
+
+    assert response.status_code == 403
+    assert "TRUSTED_PROXY" in response.get_json()["error"]
 
 
 def test_cross_site_refusal_holds_with_valid_credentials(client):

@@ -151,6 +151,34 @@ def test_a_peer_that_is_not_the_trusted_proxy_is_not_believed(live_server_factor
     assert refused_from(server) == ["127.0.0.1"]
 
 
+def test_behind_a_tls_proxy_the_dashboard_s_origin_is_https(live_server_factory, store_dir):
+    """nginx as the README sets it up: Host with its port, and X-Forwarded-Proto: https.
+
+    The browser's Origin then matches, scheme included; a page of the same host and port
+    served over plain http (a network attacker's) is another origin.
+    """
+    server = live_server_factory({"API_TOKENS": TOKEN, "TRUSTED_PROXY": "127.0.0.1"}, store_dir)
+    proxied = {
+        "Host": "backups.example.org:8443",
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "Authorization": f"Bearer {TOKEN}",
+    }
+    for run_id in ["kept", "deleted"]:
+        posted = requests.post(server.url + RUNS, json=make_run(run_id), headers=proxied, timeout=5)
+        assert posted.status_code == 201
+
+    def delete(run_id: str, origin: str) -> int:
+        headers = {**proxied, "Origin": origin}
+        return requests.delete(
+            f"{server.url}{RUNS}/{run_id}", headers=headers, timeout=5
+        ).status_code
+
+    assert delete("kept", "http://backups.example.org:8443") == 403
+    assert delete("deleted", "https://backups.example.org:8443") == 204
+    assert sorted(path.name for path in store_dir.glob("*.json")) == ["kept.json"]
+
+
 def test_a_malformed_forwarded_header_from_the_proxy_is_a_400(live_server_factory):
     server = live_server_factory({"API_TOKENS": TOKEN, "TRUSTED_PROXY": "127.0.0.1"})
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
