@@ -418,13 +418,14 @@ def cross_site_refusal() -> str | None:
         return refused
     if origin == "null" or parts.netloc.lower() != request.host.lower():
         return refused
-    if parts.scheme.lower() != request.scheme:
+    scheme = parts.scheme.lower()
+    if scheme == "https" and request.scheme == "http":
         # The usual cause is a TLS proxy that does not say so, not an attack: name the fix.
         return (
-            f"{refused} (it is {parts.scheme}, this request came in as {request.scheme}: "
-            "behind a TLS proxy, set TRUSTED_PROXY and have it send X-Forwarded-Proto)"
+            f"{refused} (it is https, this request came in as http: behind a TLS proxy, "
+            "set TRUSTED_PROXY and have it send X-Forwarded-Proto)"
         )
-    return None
+    return refused if scheme != request.scheme else None
 
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Backup Registry", charset="UTF-8"'}

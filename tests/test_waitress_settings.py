@@ -168,14 +168,14 @@ def test_behind_a_tls_proxy_the_dashboard_s_origin_is_https(live_server_factory,
         posted = requests.post(server.url + RUNS, json=make_run(run_id), headers=proxied, timeout=5)
         assert posted.status_code == 201
 
-    def delete(run_id: str, origin: str) -> int:
+    def delete(run_id: str, origin: str) -> requests.Response:
         headers = {**proxied, "Origin": origin}
-        return requests.delete(
-            f"{server.url}{RUNS}/{run_id}", headers=headers, timeout=5
-        ).status_code
+        return requests.delete(f"{server.url}{RUNS}/{run_id}", headers=headers, timeout=5)
 
-    assert delete("kept", "http://backups.example.org:8443") == 403
-    assert delete("deleted", "https://backups.example.org:8443") == 204
+    refused = delete("kept", "http://backups.example.org:8443")
+    assert refused.status_code == 403
+    assert "TRUSTED_PROXY" not in refused.json()["error"]  # the proxy is set up right
+    assert delete("deleted", "https://backups.example.org:8443").status_code == 204
     assert sorted(path.name for path in store_dir.glob("*.json")) == ["kept.json"]
 
 
