@@ -19,7 +19,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -258,20 +258,38 @@ def cron_schedule(
     """
     zone = ZoneInfo(timezone)
     try:
-        start = datetime.fromtimestamp(last_start, zone)
-        before = croniter(expression, start + timedelta(seconds=1)).get_prev(datetime)
-        after = croniter(expression, before).get_next(datetime)
-        slot = before if abs(start - before) <= abs(after - start) else after
-        return cron_slots(expression, slot)
+        # From the timestamp, not start + timedelta: adding to an aware time drops its fold,
+        # which puts a start in the hour that repeats when clocks go back an hour early.
+        before = croniter(expression, datetime.fromtimestamp(last_start + 1, zone)).get_prev(
+            datetime
+        )
+        after = _next_slot(expression, before)
+        # Distances in real seconds: times of one zone subtract as wall-clock times.
+        nearer_before = last_start - before.timestamp() <= after.timestamp() - last_start
+        return cron_slots(expression, before if nearer_before else after)
     except _OUT_OF_CALENDAR:
         return None, None
 
 
 def cron_slots(expression: str, moment: datetime) -> tuple[float, float]:
-    """Return (the first cron slot after moment, the gap from it to the slot after that)."""
-    expected = croniter(expression, moment).get_next(datetime)
-    following = croniter(expression, expected).get_next(datetime)
-    return expected.timestamp(), (following - expected).total_seconds()
+    """Return (the first cron slot after moment, the seconds from it to the slot after that)."""
+    expected = _next_slot(expression, moment)
+    following = _next_slot(expression, expected)
+    return expected.timestamp(), following.timestamp() - expected.timestamp()
+
+
+def _next_slot(expression: str, moment: datetime) -> datetime:
+    """Return the first cron slot after moment, counting a wall-clock time once.
+
+    When clocks go back, croniter yields a slot in the repeated hour twice (02:30 summer
+    time, then 02:30 winter time); cron runs such a job once. Expecting the second made a
+    daily job late an hour after its run, and gave it a zero interval, so a five-minute grace.
+    """
+    slots = croniter(expression, moment)
+    slot = slots.get_next(datetime)
+    if slot.fold == 1 and slot.replace(fold=0).utcoffset() != slot.utcoffset():
+        slot = slots.get_next(datetime)
+    return slot
 
 
 def schedule_of(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, make_run
-from jobs_support import DAY, JOB, T0, Clock, clock, daily, run_at, save
+from jobs_support import DAY, HOUR, JOB, T0, Clock, clock, daily, run_at, save
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import ConfigError, create_app
@@ -129,6 +129,34 @@ def test_cron_in_a_time_zone(make_app):
     # Mondays at 02:00 in Berlin, in summer time: 00:00 UTC.
     assert job["next_expected_at"] == "2026-05-04T00:00:00.000000Z"
     assert job["expected_interval_seconds"] == 7 * DAY
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "start", "expected", "interval"),
+    [
+        # The night clocks go back in Berlin: 02:30 comes twice, and cron runs the job once.
+        ("30 2 * * *", "Europe/Berlin", "2026-10-24T00:30:00Z", "2026-10-25T00:30:00", 25 * HOUR),
+        ("30 2 * * *", "Europe/Berlin", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00", DAY),
+        ("0 * * * *", "Europe/Berlin", "2026-10-25T01:00:00Z", "2026-10-25T02:00:00", HOUR),
+        ("0 1 * * *", "America/New_York", "2026-11-01T05:00:00Z", "2026-11-02T06:00:00", DAY),
+        # The night they go forward: 02:30 does not exist, and croniter takes 03:00.
+        ("30 2 * * *", "Europe/Berlin", "2026-03-28T01:30:00Z", "2026-03-29T01:00:00", 23.5 * HOUR),
+    ],
+)
+def test_cron_across_a_daylight_saving_change(
+    make_app, clock, cron, zone, start, expected, interval
+):
+    """The next slot and the interval count real time, and a repeated hour's slot comes once."""
+    app = make_app({"job_name": JOB[0], "cron": cron, "timezone": zone})
+    begin = datetime.fromisoformat(start)
+    save(app, run_at((begin - T0).total_seconds(), duration=60))
+    clock.moment = begin + timedelta(minutes=5)
+    job = only_job(app)
+    assert (job["next_expected_at"], job["expected_interval_seconds"]) == (
+        f"{expected}.000000Z",
+        interval,
+    )
+    assert job["state"] == "ok"
 
 
 def test_a_cron_slot_outside_the_years_1_to_9999_leaves_the_schedule_unknown(make_app, clock):
