@@ -472,8 +472,18 @@ class JobSummary:
 STATE_RANK = {state: rank for rank, state in enumerate(STATES)}
 
 
+def believed_start(run: RunSummary) -> float:
+    """When job monitoring takes a run to have begun: its start_time, but not after its report.
+
+    A report cannot arrive before its run began, so a later start_time is an agent's clock
+    running ahead (a year, after a flat clock battery, say). Believed, it made that run the
+    job's latest until then and pushed the next expected run past it: never late meanwhile.
+    """
+    return min(run.start_ts, run.received_us / 1_000_000)
+
+
 def _start_order(run: RunSummary) -> tuple:
-    return (run.start_ts, run.received_us, run.run_id)
+    return (believed_start(run), run.received_us, run.run_id)
 
 
 def _dumps(value: object) -> str:
@@ -507,7 +517,7 @@ class JobStats:
         self.last_run = last_run
         self.muted = override is not None and override.muted
         # Compact arrays: at a million runs a list of floats would cost four times the memory.
-        self.starts = array("d", (run.start_ts for run in runs))
+        self.starts = array("d", (believed_start(run) for run in runs))
         # successes[i] counts the successes among the first i runs, so a window is two bisects.
         self.successes = array(
             "q", itertools.accumulate((run.status == "success" for run in runs), initial=0)
@@ -721,7 +731,7 @@ class JobMonitor:
         pairs.sort(
             key=lambda pair: (
                 STATE_RANK[pair[1][0]],
-                -math.inf if pair[0].latest is None else -pair[0].latest.start_ts,
+                -math.inf if pair[0].latest is None else -believed_start(pair[0].latest),
                 pair[0].job_name,
                 pair[0].agent_id,
             )

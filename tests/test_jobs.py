@@ -97,6 +97,16 @@ def test_late_only_once_past_next_expected_plus_half_the_interval():
     assert state_at(stats, 5 * DAY + DAY / 2 + 1) == "late"
 
 
+def test_a_start_time_ahead_of_its_report_counts_from_the_report():
+    """An agent whose clock runs a year ahead does not keep its job from being late."""
+    received = T0 + timedelta(days=5, minutes=5)
+    skewed = run_at(365 * DAY, run_id="skewed", status="failure", received=received)
+    stats = stats_of([*daily(5), skewed, *[run_at(day * DAY) for day in (6, 7)]])
+    assert stats.latest.run_id == f"{JOB[0]}@{JOB[1]}@{7 * DAY}"  # not the one from the future
+    assert stats.next_expected == at(8 * DAY)
+    assert state_at(stats, 8 * DAY + DAY / 2 + 1) == "late"
+
+
 def test_grace_is_at_least_five_minutes():
     stats = stats_of([run_at(minute * 120) for minute in range(5)])  # every 2 minutes
     assert stats.grace == 300
@@ -518,8 +528,12 @@ def post_runs(client, job: tuple[str, str], *starts: str) -> None:
 
 def test_a_next_start_past_the_year_9999_is_not_expected(client, clock):
     """A run reported in the year 9000 leaves no next start to expect, and breaks no answer."""
+    # Each reported after it ran: a start after its report would count from the report.
+    clock.moment = T0 + timedelta(days=3)
     post_runs(client, JOB, *(format_timestamp(T0 + timedelta(days=day)) for day in range(3)))
+    clock.moment = datetime(2026, 5, 12, tzinfo=UTC)
     post_runs(client, ("other", "b"), "2026-05-10T02:00:00Z", "2026-05-11T02:00:00Z")
+    clock.moment = datetime(9000, 1, 1, 3, tzinfo=UTC)
     post_runs(client, ("other", "b"), "9000-01-01T02:00:00Z")  # the median gap: ~3,500 years
     clock.moment = T0 + timedelta(days=30)
     response = client.get("/v1/jobs")

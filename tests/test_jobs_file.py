@@ -168,6 +168,8 @@ def test_a_cron_slot_outside_the_years_1_to_9999_leaves_the_schedule_unknown(mak
         ("now", "2026-05-01T02:00:00Z", "2026-05-01T02:05:00Z"),
     ]:
         run = make_run(agent, job_name="j", agent_id=agent, start_time=start, end_time=end)
+        # Reported after it ended: a start after its report would count from the report.
+        clock.moment = max(T0, datetime.fromisoformat(end))
         assert client.post("/v1/backup-runs", json=run).status_code == 201
     clock.moment = T0 + timedelta(days=3)
     response = client.get("/v1/jobs")
