@@ -387,6 +387,11 @@ def _twice_median(values: list[int]) -> int:
     return ordered[middle - 1] + ordered[middle]
 
 
+def _half(number: int) -> int | float:
+    """Half an integer, exact when it is even: a float has 53 bits, and sizes go up to 2**63."""
+    return number // 2 if number % 2 == 0 else number / 2
+
+
 def run_flags(
     latest: RunSummary, reference: list[RunSummary], override: JobOverride | None
 ) -> list[str]:
@@ -531,7 +536,7 @@ class JobStats:
             self.duration_p95 = _rounded(percentile(durations, 0.95))
             reference = reference_runs(runs[:-1])
             self.median_bytes = (
-                _number(_twice_median([run.bytes_backed_up for run in reference]) / 2)
+                _half(_twice_median([run.bytes_backed_up for run in reference]))
                 if reference
                 else None
             )

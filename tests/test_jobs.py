@@ -185,6 +185,11 @@ def test_size_drop_is_exact_for_sizes_beyond_float_precision():
     assert "size_drop" in flags_of(latest, sized(big, big, big))
 
 
+@pytest.mark.parametrize("size", [2**53 + 1, 2**63 - 1])
+def test_median_bytes_is_exact_beyond_float_precision(size):
+    assert stats_of(sized(size, size, size, size)).median_bytes == size
+
+
 def test_size_drop_needs_three_earlier_successes():
     assert flags_of(run_at(LATER, bytes_backed_up=0), sized(1000, 1000)) == []
 
