@@ -601,8 +601,11 @@ def register_api(app: Flask) -> None:
         response = Response(page.json_bytes(), mimetype="application/json")
         response.headers["X-Total-Count"] = str(page.total)
         if page.next_after is not None:
-            args = request.args.to_dict()
-            args["cursor"] = encode_cursor(page.next_after)
+            # Every parameter as given, a repeated status included; only the cursor moves on.
+            args = [
+                (name, value) for name, value in request.args.items(multi=True) if name != "cursor"
+            ]
+            args.append(("cursor", encode_cursor(page.next_after)))
             response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
         return response
 
@@ -616,10 +619,20 @@ def register_api(app: Flask) -> None:
         return Response(status=204)
 
 
+# The original read these five, and took an empty one (?job_name=&since=) as not given:
+# scripts build such URLs from shell variables that may be unset.
+EMPTY_MEANS_UNSET = frozenset({"limit", "job_name", "agent_id", "status", "since"})
+
+
 def parse_list_query(args) -> RunQuery:
     """Turn listing query parameters into a RunQuery, or raise ApiError naming the bad one."""
+
+    def given(name: str) -> str | None:
+        value = args.get(name)
+        return None if value == "" and name in EMPTY_MEANS_UNSET else value
+
     query = RunQuery()
-    limit = args.get("limit")
+    limit = given("limit")
     if limit is not None:
         # isdigit() alone admits '²', which int() refuses; and int() refuses over 4,300 digits.
         digits = limit.lstrip("0")
@@ -628,24 +641,25 @@ def parse_list_query(args) -> RunQuery:
         too_long = len(digits) > len(str(MAX_LIMIT))
         query.limit = MAX_LIMIT if too_long else min(int(digits), MAX_LIMIT)
     for name in ("job_name", "agent_id"):
-        value = args.get(name)
+        value = given(name)
         if value is not None:
-            if not value:
-                raise ApiError(f"{name}: must not be empty")
             setattr(query, name, value)
-    if "status" in args:
-        statuses = tuple(dict.fromkeys(part.strip() for part in args["status"].split(",")))
-        unknown = [status for status in statuses if status not in STATUSES]
+    # status=success&status=failure means both, as status=success,failure does.
+    status = ",".join(value for value in args.getlist("status") if value)
+    if status:
+        statuses = tuple(dict.fromkeys(part.strip() for part in status.split(",")))
+        unknown = [value for value in statuses if value not in STATUSES]
         if unknown:
             raise ApiError(f"status: unknown value {unknown[0]!r}; use {', '.join(STATUSES)}")
         query.statuses = statuses
     for name in ("since", "until"):
-        if name in args:
+        value = given(name)
+        if value is not None:
             try:
-                moment = parse_timestamp(args[name], date_only_ok=True)
+                moment = parse_timestamp(value, date_only_ok=True)
             except (ValueError, OverflowError):
                 hint = ""
-                if " " in args[name]:  # '+01:00' typed into a URL arrives as ' 01:00'
+                if " " in value:  # '+01:00' typed into a URL arrives as ' 01:00'
                     hint = "; write a '+' in a URL as %2B, or give the time in UTC with Z"
                 raise ApiError(f"{name}: must be an ISO 8601 date or date-time{hint}") from None
             setattr(query, f"{name}_us", to_micros(moment))

@@ -207,17 +207,14 @@ def test_huge_limit_counts_as_1000(runs_1001, client):
         ({"limit": "-1"}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"limit": "1.5"}, "limit"),
-        ({"limit": ""}, "limit"),
         ({"limit": " 5"}, "limit"),
         ({"limit": "²"}, "limit"),  # a digit to str.isdigit, not to int()
         ({"limit": "٣"}, "limit"),
         ({"status": "ok"}, "status"),
         ({"status": "SUCCESS"}, "status"),
-        ({"status": ""}, "status"),
         ({"since": "yesterday"}, "since"),
         ({"since": "2026-13-01"}, "since"),
         ({"since": "2026-05-12T25:00:00Z"}, "since"),
-        ({"since": ""}, "since"),
     ],
 )
 def test_bad_query_is_400_naming_the_parameter(client, query, field):

@@ -61,7 +61,7 @@ def ids(response) -> list[str]:
         ("until=2026-05-12T03:00:03Z", ["r1", "r0"]),  # strictly before
         ("since=2026-05-12T03:00:03Z&until=2026-05-12T03:00:05Z", ["r3", "r2"]),
         ("status=failure,partial", ["r4", "r2", "r1"]),
-        ("status=failure&status=success", ["r4", "r1"]),  # the first value counts
+        ("status=failure&status=success", ["r5", "r4", "r3", "r1", "r0"]),  # both count
         ("encrypted=true", ["r4", "r0"]),
         ("encrypted=false", ["r2", "r1"]),  # r2: encryption_status says unencrypted
         ("q=disk full", ["r1"]),  # error, case-insensitive
@@ -78,11 +78,32 @@ def test_filters_combine(client, posted, query, expected):
 
 
 @pytest.mark.parametrize(
+    "query",
+    ["job_name=&agent_id=&status=&since=&limit=", "status=&status=", "job_name=&since=&limit="],
+)
+def test_the_original_s_parameters_left_empty_filter_nothing(client, posted, query):
+    """As in the original: scripts fill these from shell variables that may be unset."""
+    response = client.get(f"/v1/backup-runs?{query}")
+    assert ids(response) == ["r5", "r4", "r3", "r2", "r1", "r0"]
+
+
+def test_paging_keeps_a_repeated_status(client, posted):
+    """The Link of each page carries every value given, so page two filters as page one did."""
+    url, seen = "/v1/backup-runs?status=failure&limit=2&status=success", []
+    while url:
+        response = client.get(url)
+        seen += ids(response)
+        assert response.headers["X-Total-Count"] == "5"
+        link = response.headers.get("Link")
+        url = link[1 : link.index(">")] if link else None
+    assert seen == ["r5", "r4", "r3", "r1", "r0"]
+
+
+@pytest.mark.parametrize(
     ("query", "field"),
     [
         ("until=yesterday", "until"),
         ("status=failure,bogus", "status"),
-        ("status=", "status"),
         ("encrypted=yes", "encrypted"),
         ("q=", "q"),
         (f"q={'x' * 201}", "q"),
