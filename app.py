@@ -189,7 +189,9 @@ def parse_json_body(raw: bytes) -> object:
     if not raw.strip():
         raise ApiError("body: empty; send a JSON object")
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: a byte order mark in front (PowerShell 5 writes one) is dropped, as
+        # RFC 8259 allows and the original's TextDecoder did.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ApiError(f"body: not valid UTF-8 (byte {exc.start})") from None
     try:

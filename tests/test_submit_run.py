@@ -84,6 +84,22 @@ def test_optional_fields_are_stored_as_sent(client):
     assert {name: stored[name] for name in optional} == optional
 
 
+def test_a_null_backup_url_means_none_as_in_the_original(client):
+    response = post(client, make_run(backup_url=None))
+
+    assert response.status_code == 201
+    assert client.get(f"{RUNS}/run-1").get_json()["backup_url"] is None
+    assert client.get("/run/run-1").status_code == 200  # the dashboard shows no link
+
+
+def test_a_byte_order_mark_before_the_json_is_ignored(client):
+    """PowerShell 5 writes one before UTF-8 text; RFC 8259 lets a parser ignore it."""
+    response = post(client, b"\xef\xbb\xbf" + json.dumps(make_run()).encode())
+
+    assert response.status_code == 201
+    assert client.get(f"{RUNS}/run-1").get_json()["job_name"] == make_run()["job_name"]
+
+
 def test_whole_float_byte_count_is_stored_as_integer(client):
     response = post(client, make_run(bytes_backed_up=5.0))
 
