@@ -28,6 +28,7 @@ import ui
 from store import (
     STATUSES,
     InvalidRunId,
+    RunFileTaken,
     RunNotFound,
     RunQuery,
     RunStore,
@@ -178,7 +179,13 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(body + "\n", status=status, mimetype="application/json")
 
 
-STORE_ERROR_STATUS = {StoreFull: 507, StoreUnavailable: 503, InvalidRunId: 400, RunNotFound: 404}
+STORE_ERROR_STATUS = {
+    StoreFull: 507,
+    StoreUnavailable: 503,
+    InvalidRunId: 400,
+    RunNotFound: 404,
+    RunFileTaken: 409,
+}
 
 
 # --- request bodies --------------------------------------------------------------------------

@@ -87,6 +87,10 @@ class StoreUnavailable(StoreError):
     """The store folder cannot be read or written right now (read-only, I/O error, gone)."""
 
 
+class RunFileTaken(StoreError):
+    """Something that is not a run file, a folder, holds the run's file name."""
+
+
 # --- file names ------------------------------------------------------------------------------
 
 
@@ -763,10 +767,13 @@ class RunStore:
             # the order the renames did when clients overwrite the same id at once.
             with self._id_lock(run_id):
                 os.replace(temp, final)
-                st = os.stat(final)
+                try:
+                    st = os.stat(final)
+                except FileNotFoundError:
+                    st = None  # removed from outside just after our rename, as rm may
                 # A rename keeps the inode, size and mtime. If they differ, someone wrote the
                 # file after our rename: its signature must not vouch for our content.
-                ours = (st.st_ino, st.st_size, st.st_mtime_ns) == (
+                ours = st is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == (
                     written.st_ino,
                     written.st_size,
                     written.st_mtime_ns,
@@ -776,6 +783,12 @@ class RunStore:
                     self._put(summary)
                     if ours:
                         self._cache_raw(run_id, summary.signature, data.rstrip())
+        except IsADirectoryError:
+            _unlink_quietly(temp)
+            raise RunFileTaken(
+                f"run_id: its file {name} in the store is a folder, not a run; "
+                "move the folder away to post this run"
+            ) from None
         except OSError as exc:
             _unlink_quietly(temp)
             raise _store_error(exc, "write") from exc
@@ -795,6 +808,8 @@ class RunStore:
                 if not os.path.isdir(self._path):  # no folder: no telling whether it was there
                     raise _store_error(exc, "delete") from exc
                 existed = False
+            except IsADirectoryError:
+                existed = False  # a folder is no run (GET says 404): there is none to delete
             except OSError as exc:
                 raise _store_error(exc, "delete") from exc
             with self._lock:

@@ -510,6 +510,27 @@ def test_a_file_written_in_place_is_read_again_even_if_its_stat_looks_unchanged(
         store.close()
 
 
+def test_a_file_removed_between_a_saves_rename_and_stat_is_a_save_then_a_delete(
+    store_dir, monkeypatch
+):
+    """rm right after the rename: the POST still succeeded, and the index drops the run."""
+    store = RunStore(store_dir, watch=False)
+    final = str(store_dir / "r.json")
+    real_stat = os.stat
+
+    def stat_after_an_outside_rm(path, *args, **kwargs):
+        if os.fspath(path) == final:
+            monkeypatch.setattr(os, "stat", real_stat)  # once, in the save
+            os.unlink(final)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_after_an_outside_rm)
+    assert store.save(run_record("r", "db", "success", 1, 1))["run_id"] == "r"
+
+    assert "r" not in store
+    assert index_view(store) == index_view(RunStore(store_dir, watch=False)) == []
+
+
 def test_the_watcher_takes_the_events_of_a_burst_in_one_read(store_dir, monkeypatch):
     """After the first event it waits a moment, so a stream of writes costs few wake-ups."""
     store = RunStore(store_dir, watch=False)

@@ -556,6 +556,20 @@ def assert_not_served(client, run_ids: list[str]) -> None:
         assert run_in_thread(lambda url=url: client.get(url).status_code) == 404, run_id
 
 
+def test_a_folder_named_as_a_run_is_no_run_to_delete_and_blocks_posting_it(start_client, store_dir):
+    """GET says 404, DELETE 204 (there is no run), POST a 409 naming the field and the fix."""
+    client = start_client()
+    (store_dir / "dirrun.json").mkdir()
+
+    assert client.get(f"{RUNS}/dirrun").status_code == 404
+    assert client.delete(f"{RUNS}/dirrun").status_code == 204
+    response = client.post(RUNS, json=make_run("dirrun"))
+    assert response.status_code == 409
+    assert response.get_json()["error"].startswith("run_id: its file dirrun.json")
+    assert (store_dir / "dirrun.json").is_dir()
+    assert sorted(path.name for path in store_dir.iterdir()) == ["dirrun.json"]  # no temp left
+
+
 def test_files_that_are_not_regular_are_skipped_at_start(
     start_client, store_dir, tmp_path, caplog, make_fifo
 ):
