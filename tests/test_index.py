@@ -7,6 +7,7 @@ import os
 import random
 import threading
 import time
+from itertools import count
 from pathlib import Path
 
 import pytest
@@ -418,13 +419,20 @@ def test_a_slow_rename_does_not_hold_back_listings_or_other_runs(store_dir, monk
         assert renaming.wait(10)
         # With the rename under the store's lock, both of these would wait for the disk.
         listed = run_in_thread(lambda: store.list_runs(RunQuery()).total)
-        saved = run_in_thread(lambda: store.save(run_record("other", "db", "success", 3, 1)))
+        # Ids share 64 locks by their hash, which changes from run to run: one id in 64 would
+        # wait behind "slow" by design (this test failed that way now and then).
+        other = next(
+            f"other-{n}"
+            for n in count()
+            if store._id_lock(f"other-{n}") is not store._id_lock("slow")
+        )
+        saved = run_in_thread(lambda: store.save(run_record(other, "db", "success", 3, 1)))
         assert listed == 1
-        assert saved["run_id"] == "other"
+        assert saved["run_id"] == other
     finally:
         release.set()
         slow.join(10)
-    assert {s.run_id for s in store.summaries()} == {"before", "slow", "other"}
+    assert {s.run_id for s in store.summaries()} == {"before", "slow", other}
 
 
 def run_in_thread(call, timeout: float = 5.0):
