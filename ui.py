@@ -96,8 +96,14 @@ class JobRow:
 
 
 def latest_first_key(summary: RunSummary) -> tuple:
-    """Sort key under which the latest run by end_time is the largest; ties by arrival, id."""
-    return (summary.end_ts, summary.received_us, summary.run_id)
+    """Sort key under which the latest run by end_time is the largest; ties by arrival, id.
+
+    As in job monitoring (jobs.believed_start), a run never counts as ending after its report
+    arrived: a later end_time is an agent's clock running ahead, and believed, a run reported
+    a year early stayed its job's row for a year, hiding every failure after it.
+    """
+    believed_end = min(summary.end_ts, summary.received_us / 1_000_000)
+    return (believed_end, summary.received_us, summary.run_id)
 
 
 class LatestRuns:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_run
+from jobs_support import Clock
 from markupsafe import escape
 
 import app as app_module
@@ -82,6 +83,23 @@ def test_empty_state_curl_carries_a_token_header_when_tokens_are_set(app_config)
     try:
         text = page(application.test_client(), "/")
         assert "-H &#34;Authorization: Bearer $REGISTRY_TOKEN&#34; \\" in text
+    finally:
+        application.extensions["store"].close()
+
+
+def test_a_run_ending_after_its_report_arrived_does_not_hide_later_runs(app_config):
+    # Reported on 11 May by an agent whose clock ran a year ahead; its clock fixed, the same
+    # agent reports a failure on 12 May. The row is the failure, not the run "from 2027".
+    clock = Clock(datetime(2026, 5, 11, 3, 0, tzinfo=UTC))
+    application = app_module.create_app({**app_config, "CLOCK": clock})
+    try:
+        client = application.test_client()
+        report(client, "ahead", start_time="2027-05-11T02:00:00Z", end_time="2027-05-11T02:05:00Z")
+        clock.moment = NOW
+        report(client, "now", status="failure", error="disk full")
+        text = page(client, "/")
+        assert "/run/now" in text and "/run/ahead" not in text
+        assert cards(text)["Failed"] == 1
     finally:
         application.extensions["store"].close()
 
