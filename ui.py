@@ -410,7 +410,7 @@ class SortLink:
     aria_sort: str  # "ascending", "descending" or "none", for screen readers and the arrow
 
 
-def sort_links(base_args: dict, sort: str, direction: str) -> dict[str, SortLink]:
+def sort_links(base_args: dict[str, list[str]], sort: str, direction: str) -> dict[str, SortLink]:
     """Return each sortable column's header link, keeping the filters in base_args."""
     links = {}
     for column in SORT_KEYS:
@@ -482,9 +482,10 @@ def overview() -> tuple[str, int]:
         key=SORT_KEYS[sort],
         reverse=direction == "desc",
     )
+    # Every value of each filter: status=failure&status=partial keeps both in the sort links.
     base_args = {
-        name: value
-        for name, value in request.args.items(multi=False)
+        name: values
+        for name, values in request.args.to_dict(flat=False).items()
         if name not in ("sort", "dir", "deleted")
     }
     return render_template(

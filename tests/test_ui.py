@@ -104,6 +104,16 @@ def test_a_run_ending_after_its_report_arrived_does_not_hide_later_runs(app_conf
         application.extensions["store"].close()
 
 
+def test_sort_links_keep_every_value_of_a_repeated_filter(client):
+    report(client, "f", status="failure", job_name="a-failed")
+    report(client, "p", status="partial", job_name="b-partial")
+    report(client, "s", job_name="c-fine")
+    text = page(client, "/?status=failure&status=partial")
+    assert job_order(text) == ["a-failed", "b-partial"]
+    (job_link,) = hrefs(text, r"sort=job")
+    assert job_order(page(client, job_link)) == ["a-failed", "b-partial"]
+
+
 def test_each_job_shows_its_latest_run_by_end_time(client):
     # Received last, but it ended first: the row must still show the later-ending run.
     report(client, "late-end", start_time="2026-05-11T02:00:00Z", end_time="2026-05-11T23:00:00Z")
