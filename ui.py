@@ -371,16 +371,25 @@ def parse_overview_filters(args) -> OverviewFilters:
     return filters
 
 
+def attention_rank(row: JobRow) -> int:
+    """Where a row sorts by default, as the README says: late, failed, partial, unencrypted,
+    then the rest; muted jobs last, as they need no one.
+
+    The job's state alone would have put a healthy new job above an unencrypted one.
+    """
+    if row.state == "muted":
+        return 5
+    if row.state == "late":
+        return 0
+    if row.latest.status != "success":
+        return 1 + STATUS_RANK.get(row.latest.status, 1)  # failure 1, partial 2
+    return 3 if row.latest.encrypted is False else 4
+
+
 SORT_KEYS: dict[str, Callable[[JobRow], tuple]] = {
     "job": lambda row: (row.job_name.casefold(), row.agent_id.casefold()),
     "agent": lambda row: (row.agent_id.casefold(), row.job_name.casefold()),
-    "status": lambda row: (
-        STATE_RANK[row.state or "ok"],
-        STATUS_RANK.get(row.latest.status, 3),
-        row.latest.encrypted is not False,
-        row.job_name.casefold(),
-        row.agent_id.casefold(),
-    ),
+    "status": lambda row: (attention_rank(row), row.job_name.casefold(), row.agent_id.casefold()),
     "started": lambda row: (row.latest.start_ts, row.job_name.casefold()),
     "duration": lambda row: (row.latest.end_ts - row.latest.start_ts, row.job_name.casefold()),
     "size": lambda row: (

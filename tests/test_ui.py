@@ -114,6 +114,24 @@ def test_sort_links_keep_every_value_of_a_repeated_filter(client):
     assert job_order(page(client, job_link)) == ["a-failed", "b-partial"]
 
 
+def test_an_unencrypted_job_sorts_above_a_healthy_new_one(client):
+    """The README's order: late, failed, partial, unencrypted, then the rest by name."""
+    for day in (10, 11, 12):
+        start = f"2026-05-{day}T02:00:00Z"
+        report(
+            client,
+            f"zz-{day}",
+            job_name="zz-unencrypted",
+            start_time=start,
+            end_time=start.replace("02:00", "02:05"),
+            encrypted=day != 12,
+        )
+    report(client, "aa-1", job_name="aa-new", encrypted=True)
+    states = {job["job_name"]: job["state"] for job in client.get("/v1/jobs").get_json()}
+    assert states == {"zz-unencrypted": "ok", "aa-new": "new"}
+    assert job_order(page(client, "/")) == ["zz-unencrypted", "aa-new"]
+
+
 def test_each_job_shows_its_latest_run_by_end_time(client):
     # Received last, but it ended first: the row must still show the later-ending run.
     report(client, "late-end", start_time="2026-05-11T02:00:00Z", end_time="2026-05-11T23:00:00Z")
