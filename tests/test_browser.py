@@ -282,6 +282,34 @@ def test_a_job_of_the_jobs_file_that_never_reported_is_named_until_it_does(
     expect(page.locator("table.jobs tbody tr")).to_have_count(2)
 
 
+def test_a_text_direction_control_in_stored_text_reorders_only_that_text(
+    live_server_factory, page: Page, tmp_path: Path
+):
+    """U+202E in a job name copied into the store must not reverse the page's own words."""
+    write_runs(tmp_path / "store", [make_run("rlo", job_name="\u202epostgres")])
+    server = live_server_factory(store_dir=tmp_path / "store")
+
+    page.goto(server.url + "/run/rlo")
+    crumbs = page.locator("nav.breadcrumb")
+    job_link = crumbs.get_by_role("link").nth(1).bounding_box()
+    run_word = crumbs.locator("span", has_text="Run").bounding_box()
+    assert job_link["x"] < run_word["x"]  # Overview, then the job, then Run: left to right
+
+    page.goto(server.url + "/?deleted=%E2%80%AEr1")
+    notice = page.get_by_role("status")
+    expect(notice).to_contain_text("was deleted.")
+    code = notice.locator("code").bounding_box()
+    words = page.evaluate(
+        """() => {
+            const range = document.createRange();
+            const node = [...document.querySelector('.notice-done').childNodes].pop();
+            range.selectNodeContents(node);
+            return range.getBoundingClientRect().x;
+        }"""
+    )
+    assert code["x"] < words  # "Run (id) was deleted.", left to right
+
+
 def write_runs(store_dir: Path, runs: list[dict]) -> None:
     """Lay run files into a store folder before the server starts, as rsync would."""
     store_dir.mkdir(parents=True, exist_ok=True)

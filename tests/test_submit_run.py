@@ -162,6 +162,9 @@ def test_overwrite_keeps_one_file(client, store_dir):
         ("agent_id", " "),
         ("agent_id", 7),
         ("agent_id", "a" * 201),
+        ("job_name", "\u202eyliad-sergtsop"),  # shows as "postgres-daily": a lookalike
+        ("agent_id", "db\u2067-01"),  # a right-to-left isolate
+        ("run_id", "run\u200f-1"),  # a right-to-left mark
         ("start_time", MISSING),
         ("start_time", "yesterday"),
         ("start_time", "2026-05-12"),
