@@ -132,6 +132,23 @@ def test_an_unencrypted_job_sorts_above_a_healthy_new_one(client):
     assert job_order(page(client, "/")) == ["zz-unencrypted", "aa-new"]
 
 
+@pytest.mark.parametrize(
+    ("query", "kept"),
+    [
+        ("status=partial,failure", '<option value="failure,partial" selected>'),
+        ("status=success,partial", '<option value="partial,success" selected>'),
+        ("state=late,failing", '<option value="late,failing" selected>'),
+        ("agent=nosuch", '<option value="nosuch" selected>'),
+        ("since=2026-05-11T06:00:00Z", 'type="text" name="since" value="2026-05-11T06:00:00Z"'),
+        ("until=2026-05-13", 'type="date" name="until" value="2026-05-13"'),
+    ],
+)
+def test_a_filter_from_the_address_stays_in_the_form(client, query, kept):
+    """The form resubmits what it shows: a value no menu entry held was lost at the next change."""
+    report(client)
+    assert kept in page(client, f"/?{query}")
+
+
 def test_each_job_shows_its_latest_run_by_end_time(client):
     # Received last, but it ended first: the row must still show the later-ending run.
     report(client, "late-end", start_time="2026-05-11T02:00:00Z", end_time="2026-05-11T23:00:00Z")
