@@ -310,6 +310,17 @@ def test_a_text_direction_control_in_stored_text_reorders_only_that_text(
     assert code["x"] < words  # "Run (id) was deleted.", left to right
 
 
+def test_the_longest_names_allowed_do_not_widen_the_pages(live_server_factory, page: Page):
+    """200 characters without a space, the most a name may hold, wrap instead of scrolling."""
+    server = live_server_factory()
+    long_job, long_agent = "J" * 200, "A" * 200
+    post_runs(server, [make_run("long", job_name=long_job, agent_id=long_agent)])
+    for path in ["/", f"/job?job_name={long_job}&agent_id={long_agent}", "/run/long"]:
+        page.goto(server.url + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1280, f"{path} is {width} px wide"
+
+
 def write_runs(store_dir: Path, runs: list[dict]) -> None:
     """Lay run files into a store folder before the server starts, as rsync would."""
     store_dir.mkdir(parents=True, exist_ok=True)
