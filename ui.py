@@ -740,13 +740,15 @@ NICE_DURATIONS += tuple(n * DAY for n in (1, 2, 4, 7))
 def nice_size_ceiling(size: float) -> float:
     """Return the axis top for sizes up to size: 1, 2, 4 or 5 times a power of ten, binary units."""
     if size <= 0:
-        return 1
+        return 2  # ticks 0, 1 and 2 B: whole bytes, not "0 B, 0 B, 1 B"
     unit = 1
     while size / unit >= 1024 and unit < 1024**6:
         unit *= 1024
     scaled = size / unit
     exponent = math.floor(math.log10(scaled))
     for mantissa in NICE_MANTISSAS:
+        if unit == 1 and exponent == 0 and mantissa in (1, 5):
+            continue  # its half is not a whole byte: a tick "2 B" would sit at 2.5 B
         if mantissa * 10**exponent >= scaled:
             return mantissa * 10**exponent * unit
     return 10 ** (exponent + 1) * unit  # not reached: mantissa 10 always fits
@@ -763,9 +765,11 @@ def nice_duration_ceiling(seconds: float) -> float:
 
 def _time_ticks(first: float, span: float, x_of: Callable[[float], float]) -> list[tuple]:
     short = span < 2 * 86400
-    pattern = "%d %b %H:%M" if short else "%d %b"
     moments = [first] if span == 0 else [first + span * i / 4 for i in range(5)]
-    return [(x_of(t), jobs.utc_moment(t).strftime(pattern)) for t in moments]
+    times = [jobs.utc_moment(t) for t in moments]
+    # Runs of several years (a yearly job) would read "01 Jan, 01 Jan, 31 Dec" without one.
+    pattern = "%d %b %H:%M" if short else "%d %b %Y" if times[0].year != times[-1].year else "%d %b"
+    return [(x_of(t), moment.strftime(pattern)) for t, moment in zip(moments, times, strict=True)]
 
 
 # --- one run ---------------------------------------------------------------------------------

@@ -759,8 +759,10 @@ def test_axis_sizes_drop_trailing_zeros(size, text):
 @pytest.mark.parametrize(
     ("largest", "top"),
     [
-        (0, 1),
-        (5, 5),
+        (0, 2),  # a job that reports no sizes: 0, 1, 2 B
+        (1, 2),
+        (3, 4),
+        (5, 10),  # 5 would put a "2 B" tick at 2.5 B
         (90.6 * GIB, 100 * GIB),
         (2.04 * GIB, 4 * GIB),
         (212 * 1024**2, 400 * 1024**2),
@@ -768,6 +770,20 @@ def test_axis_sizes_drop_trailing_zeros(size, text):
 )
 def test_size_axis_tops_are_round_numbers(largest, top):
     assert ui.nice_size_ceiling(largest) == top
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "labels"),
+    [
+        ("2022-01-01", "2026-01-01", ["01 Jan 2022", "01 Jan 2023", "01 Jan 2024"]),
+        ("2026-01-01", "2026-03-01", ["01 Jan", "15 Jan", "30 Jan"]),
+    ],
+)
+def test_time_ticks_name_the_year_when_the_runs_span_more_than_one(first, last, labels):
+    start = datetime.fromisoformat(first).replace(tzinfo=UTC).timestamp()
+    span = datetime.fromisoformat(last).replace(tzinfo=UTC).timestamp() - start
+    ticks = ui._time_ticks(start, span, lambda t: t)
+    assert [label for _, label in ticks][:3] == labels
 
 
 @pytest.mark.parametrize(
