@@ -194,7 +194,8 @@ def format_duration(seconds: float | None) -> str:
         return "—"
     whole = round(seconds)
     if whole < 60:
-        return f"{seconds:.1f} s" if seconds < 10 and seconds != whole else f"{whole} s"
+        tenths = round(seconds, 1)  # 9.96 s is "10 s", not "10.0 s"
+        return f"{tenths:.1f} s" if tenths < 10 and tenths != whole else f"{whole} s"
     minutes, secs = divmod(whole, 60)
     if minutes < 60:
         return f"{minutes} min {secs:02d} s" if secs else f"{minutes} min"

@@ -799,6 +799,8 @@ def test_duration_axis_tops_are_round_numbers(largest, top):
     [
         (0, "0 s"),
         (2.5, "2.5 s"),
+        (9.94, "9.9 s"),
+        (9.96, "10 s"),
         (45, "45 s"),
         (273, "4 min 33 s"),
         (3720, "1 h 02 min"),
