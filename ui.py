@@ -518,9 +518,23 @@ def overview() -> tuple[str, int]:
             (job, job.next_expected_at and parse_timestamp(job.next_expected_at).timestamp())
             for job in never_reported
         ],
-        deleted=request.args.get("deleted"),
+        deleted=deletion_notice(),
         example_curl=example_curl(),
     ), 400 if filters.problems else 200
+
+
+def deletion_notice() -> str | None:
+    """Return the run id the Delete button just removed, for the notice, or None.
+
+    The address says which run that was, and anyone can send the operator an address: the
+    notice names only a run id that could exist and is indeed not in the store, never any
+    text at all ("Run 'Call +1 555...' was deleted").
+    """
+    run_id = request.args.get("deleted")
+    longest = current_app.extensions["validator"].schema["properties"]["run_id"]["maxLength"]
+    if not run_id or len(run_id) > longest or run_id in _store():
+        return None
+    return run_id
 
 
 def example_curl() -> str:

@@ -7,6 +7,7 @@ import html
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from conftest import make_run
@@ -364,6 +365,15 @@ def test_deleted_notice_shows_the_run_id_as_text(client):
     text = page(client, "/?deleted=" + XSS)
     assert "<script>" not in text
     assert "was deleted" in text and escape(XSS) in text
+
+
+@pytest.mark.parametrize(
+    "deleted",
+    ["run-1", "Your registry is compromised. " * 10],  # still there; no run id is that long
+)
+def test_no_deleted_notice_for_a_run_that_is_there_or_text_that_is_no_run_id(client, deleted):
+    report(client, "run-1")
+    assert "was deleted" not in page(client, "/?" + urlencode({"deleted": deleted}))
 
 
 # --- job monitoring (jobs.py) ----------------------------------------------------------------
