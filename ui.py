@@ -21,7 +21,7 @@ from flask import (
 )
 
 import jobs
-from store import STATUSES, RunNotFound, RunStore, RunSummary, parse_timestamp
+from store import STATUSES, InvalidRunId, RunNotFound, RunStore, RunSummary, parse_timestamp
 
 bp = Blueprint("ui", __name__)
 
@@ -810,7 +810,7 @@ def run_page(run_id: str) -> tuple[str, int]:
     """Every field of one run, its error and metadata, and a delete button."""
     try:
         run = _store().get(run_id)
-    except RunNotFound:
+    except (RunNotFound, InvalidRunId):  # an id no file can hold is no run either
         return render_template("not_found.html", what="run", run_id=run_id), 404
     summary = RunSummary(run, run_id, None)
     known = (*RUN_FIELD_ORDER, "error", "metadata")

@@ -361,6 +361,11 @@ def test_latest_runs_recomputes_only_the_jobs_that_changed(app, client):
     assert after[("a", "db-01")].run_count == 2
 
 
+def test_a_run_id_too_long_to_store_gets_the_no_such_run_page(client):
+    text = page(client, "/run/" + "x" * 300, 404)
+    assert "The store holds no run" in text
+
+
 def test_deleted_notice_shows_the_run_id_as_text(client):
     text = page(client, "/?deleted=" + XSS)
     assert "<script>" not in text
