@@ -1338,21 +1338,15 @@ class RunStore:
             self._raw_cache.pop(run_id, None)  # its signature may be the old bytes' too
             self._put(summary)
 
-    def follow(
-        self,
-        name: str,
-        run_id: str | None = None,
-        scan_started_ns: int | None = None,
-        *,
-        written_in_place: bool = False,
-    ) -> None:
+    def follow(self, name: str, *args, **kwargs) -> None:
         """refresh() for the watcher: an error is logged, once, and the file tried again later.
 
-        One file that cannot be checked must not cost the other files of a batch or a scan
-        their turn, nor be forgotten: retry_failed() tries it again until it works.
+        It takes refresh()'s arguments. One file that cannot be checked must not cost the
+        other files of a batch or a scan their turn, nor be forgotten: retry_failed() tries
+        it again until it works.
         """
         try:
-            self.refresh(name, run_id, scan_started_ns, written_in_place=written_in_place)
+            self.refresh(name, *args, **kwargs)
         except Exception as exc:
             if name not in self._failing:
                 log.warning(
