@@ -68,6 +68,7 @@ class ConfigError(Exception):
 # name: (default, parser). Every setting comes from here, then the environment, then flags or
 # the dict the tests pass.
 SETTINGS: dict[str, tuple[object, Callable[[str], object]]] = {}
+MAX_THREADS = 1024
 
 
 def _whole_number(text: str, low: int, high: int) -> int:
@@ -77,7 +78,31 @@ def _whole_number(text: str, low: int, high: int) -> int:
 
 
 def _port(text: str) -> int:
-    return _whole_number(text, 0, 65535)
+    # Not 0: the system would pick a port, and no agent would know which.
+    return _whole_number(text, 1, 65535)
+
+
+def _thread_count(text: str) -> int:
+    # Each thread holds a stack; tens of thousands fail at start with a traceback.
+    return _whole_number(text, 1, MAX_THREADS)
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        # os.path.abspath("") is the working folder: the source tree would become the store.
+        raise ValueError("must name a folder; leave it unset for ./store")
+    return text
+
+
+def _proxy_address(text: str) -> str:
+    address = text.strip()
+    if address and address != "*":
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            # waitress would quietly never match it, and believe no forwarded header.
+            raise ValueError("must be one IP address, such as 127.0.0.1") from None
+    return address
 
 
 def _positive(text: str) -> int:
@@ -107,15 +132,15 @@ SETTINGS.update(
     {
         "HOST": ("127.0.0.1", str),
         "PORT": (8080, _port),
-        "STORE_DIR": ("./store", str),
+        "STORE_DIR": ("./store", _folder),
         "API_TOKENS": ((), _token_list),
         "AUTH_USER": ("", str),
         "AUTH_PASS": ("", str),
         "LOCALHOST_BYPASS": (True, _flag),
-        "THREADS": (8, _positive),
+        "THREADS": (8, _thread_count),
         "CONNECTION_LIMIT": (100, _positive),
         "CHANNEL_TIMEOUT": (60, _positive),
-        "TRUSTED_PROXY": ("", str),
+        "TRUSTED_PROXY": ("", _proxy_address),
         # 413 above this. Waitress itself stops reading a little past it (see _serve).
         "MAX_BODY_BYTES": (MAX_BODY_BYTES, _positive),
         "WATCH_STORE": (True, _flag),
@@ -737,12 +762,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backup-registry: {exc}", file=sys.stderr)
         return 2
     config = app.config
+    store = app.extensions["store"]
+    # Bound before anything says "serving": a port in use or a HOST that is no address is one
+    # line and exit code 2, like any other bad setting, not a traceback after the load.
+    try:
+        server = _listen(app, config)
+    except (OSError, ValueError) as exc:
+        store.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(
+            f"backup-registry: cannot listen on HOST={config['HOST']!r} PORT={config['PORT']}: "
+            f"{reason}",
+            file=sys.stderr,
+        )
+        return 2
     if not config["API_TOKENS"] and not config["AUTH_USER"]:
         log.warning(
             "no API_TOKENS or AUTH_USER set: only localhost requests are admitted%s",
             "" if config["LOCALHOST_BYPASS"] else " (and LOCALHOST_BYPASS=0: none at all)",
         )
-    store = app.extensions["store"]
     log.info(
         "serving %d runs from %s on http://%s:%s (watching: %s)",
         len(store),
@@ -751,6 +789,19 @@ def main(argv: list[str] | None = None) -> int:
         config["PORT"],
         store.watching,
     )
+    # A service manager stops us with SIGTERM: leave through `finally` so the index snapshot
+    # is saved and the next start reads only what changed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        server.run()
+    finally:
+        store.close()
+    return 0
+
+
+def _listen(app: Flask, config: dict):
+    """Return waitress's server for app, its socket bound; raise OSError or ValueError if not."""
+    from waitress.server import create_server
 
     proxy = {}
     if config["TRUSTED_PROXY"]:
@@ -758,20 +809,7 @@ def main(argv: list[str] | None = None) -> int:
             "trusted_proxy": config["TRUSTED_PROXY"],
             "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
         }
-    # A service manager stops us with SIGTERM: leave through `finally` so the index snapshot
-    # is saved and the next start reads only what changed.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    try:
-        _serve(app, config, proxy)
-    finally:
-        store.close()
-    return 0
-
-
-def _serve(app: Flask, config: dict, proxy: dict) -> None:
-    from waitress import serve
-
-    serve(
+    return create_server(
         app,
         host=config["HOST"],
         port=config["PORT"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -141,6 +142,12 @@ def test_flags_override_the_environment():
         ({"PORT": "70000"}, "PORT"),
         ({"PORT": "-1"}, "PORT"),
         ({"PORT": ""}, "PORT"),
+        ({"PORT": "0"}, "PORT"),  # the system would pick one no agent knows
+        ({"THREADS": "100000"}, "THREADS"),
+        ({"STORE_DIR": ""}, "STORE_DIR"),  # would make the working folder the store
+        ({"STORE_DIR": "  "}, "STORE_DIR"),
+        ({"TRUSTED_PROXY": "foo bar"}, "TRUSTED_PROXY"),  # waitress would never match it
+        ({"TRUSTED_PROXY": "127.0.0.1, 10.0.0.1"}, "TRUSTED_PROXY"),
         ({"LOCALHOST_BYPASS": "maybe"}, "LOCALHOST_BYPASS"),
         ({"AUTH_USER": "admin"}, "AUTH_PASS"),
         ({"AUTH_PASS": "secret"}, "AUTH_USER"),
@@ -150,6 +157,10 @@ def test_flags_override_the_environment():
 def test_bad_settings_are_refused(environ, mentions):
     with pytest.raises(ConfigError, match=mentions):
         load_config({}, environ=environ)
+
+
+def test_a_trusted_proxy_address_is_trimmed():
+    assert load_config({}, environ={"TRUSTED_PROXY": " 127.0.0.1 "})["TRUSTED_PROXY"] == "127.0.0.1"
 
 
 def test_a_token_no_header_can_carry_is_refused_without_showing_it():
@@ -180,16 +191,22 @@ def regular_file(tmp_path: Path) -> Path:
         pytest.param((), {"PORT": "abc"}, "PORT", id="port-abc"),
         pytest.param((), {"AUTH_PASS": "s3cret-pw"}, "AUTH_USER", id="pass-without-user"),
         pytest.param(("--store-dir", "{file}/store"), {}, "{file}/store", id="store-under-file"),
+        pytest.param((), {"HOST": "999.1.1.1"}, "cannot listen on HOST='999.1.1.1'", id="host"),
+        pytest.param((), {"PORT": "{taken}"}, "Address already in use", id="port-in-use"),
     ],
 )
 def test_bad_configuration_stops_the_start_with_one_clear_line(
     tmp_path, regular_file, args, settings, mentions
 ):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
     settings = {"STORE_DIR": str(tmp_path / "store"), "PORT": str(free_port()), **settings}
+    settings["PORT"] = settings["PORT"].format(taken=taken.getsockname()[1])
+    with taken:
+        result = run_app_py(*(arg.format(file=regular_file) for arg in args), **settings)
 
-    result = run_app_py(*(arg.format(file=regular_file) for arg in args), **settings)
-
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert mentions.format(file=regular_file) in lines[0]

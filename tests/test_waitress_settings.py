@@ -27,9 +27,17 @@ DEFAULTS = {
 
 @pytest.fixture
 def served(monkeypatch, tmp_path):
-    """Run main() with waitress.serve replaced by a recorder; return (exit code, its arguments)."""
+    """Run main() with waitress's server replaced by a recorder; return (exit code, settings)."""
     calls: list[dict] = []
-    monkeypatch.setattr(waitress, "serve", lambda app, **kwargs: calls.append(kwargs))
+
+    class Recorder:
+        def __init__(self, app, **kwargs):
+            calls.append(kwargs)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(waitress.server, "create_server", Recorder)
     # main() installs a SIGTERM handler and a log handler for the real server; keep pytest's.
     monkeypatch.setattr(app_module.signal, "signal", lambda *args: None)
     root_handlers = logging.getLogger().handlers[:]
