@@ -388,6 +388,26 @@ def test_run_file_turned_broken_leaves_the_listing(start_client, store_dir, capl
     assert client.get(f"{RUNS}/spoilt").status_code == 404
 
 
+def test_a_file_holding_a_lone_surrogate_escape_is_skipped(start_client, store_dir, caplog):
+    """Valid JSON, but no text: it could be written to no page, log or index snapshot."""
+    store_dir.mkdir()
+    lone = json.dumps(stored_run("lone")).replace(
+        '"status"', '"error": "bad \\ud800 byte", "status"'
+    )
+    drop_in(store_dir, "lone.json", lone)
+    pair = json.dumps(stored_run("pair", error="disk full \U0001f4be"))  # ensure_ascii: a pair
+    assert "\\ud83d\\udcbe" in pair
+    drop_in(store_dir, "pair.json", pair)
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == ["pair"]
+    assert client.get(f"{RUNS}/lone").status_code == 404
+    (warning,) = warnings_about(caplog, "lone.json")
+    assert "surrogate" in warning
+    assert client.application.extensions["store"].save_snapshot()  # it used to raise here
+
+
 def test_file_holding_another_run_id_is_skipped(start_client, store_dir, caplog):
     store_dir.mkdir()
     drop_in(store_dir, "a.json", stored_run("b"))
