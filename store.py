@@ -1556,9 +1556,12 @@ class _IndexSnapshot:
                     handle.write(json.dumps(rows, ensure_ascii=False) + "\n")
             os.replace(temp, self.path)
             self.version = version
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
+            # UnicodeError: text no file can hold. The index lets none in (see _parse_run);
+            # should one slip through, a snapshot is a cache, and must not fail a stop.
             _unlink_quietly(temp)
-            log.warning("cannot write index snapshot %s: %s", self.path, exc.strerror)
+            reason = exc.strerror if isinstance(exc, OSError) else exc
+            log.warning("cannot write index snapshot %s: %s", self.path, reason)
 
 
 class _DirectorySyncer:

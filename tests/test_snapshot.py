@@ -359,3 +359,16 @@ def test_a_start_sweeps_old_snapshot_temp_files_left_by_a_killed_write(store_dir
     assert not old.exists()
     assert young.exists() and not_ours.exists() and other_store.exists()
     assert snapshot.exists() and restarted.files_read_at_start == 0
+
+
+def test_text_no_file_can_hold_costs_the_snapshot_not_the_stop(store_dir, caplog):
+    """Should a lone surrogate reach the index, the snapshot is skipped with a warning."""
+    store = aged_store(store_dir)
+    odd = store_module.RunSummary(run_record("odd", "db", "success", 9, 1), "odd", (1, 2, 3, 4))
+    odd.error = "bad \ud800 byte"  # the store's own reads refuse this (see _parse_run)
+    with store._lock:
+        store._put(odd)
+    with caplog.at_level(logging.WARNING, logger="backup_registry.store"):
+        store.close()  # saves the snapshot: it must not raise
+    assert "cannot write index snapshot" in caplog.text
+    assert [path.name for path in store_dir.parent.glob("*.tmp")] == []
