@@ -737,14 +737,24 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 # --- serving ---------------------------------------------------------------------------------
 
 
+class _FlagParser(argparse.ArgumentParser):
+    """argparse whose errors are a ConfigError: one line, and exit code 2, as for settings."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see --help")
+
+
 def parse_args(argv: list[str]) -> dict:
     """Read command-line flags; each mirrors a setting (--store-dir is STORE_DIR)."""
-    parser = argparse.ArgumentParser(description="Serve the Backup Registry with waitress.")
+    parser = _FlagParser(description="Serve the Backup Registry with waitress.")
     for name in SETTINGS:
         parser.add_argument("--" + name.lower().replace("_", "-"), dest=name, metavar=name)
-    return {
-        name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None
-    }
+    flags, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Names only: argparse would echo '--auth-password=hunter2', a mistyped secret.
+        names = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+        raise ConfigError(f"unknown option {', '.join(names) or '(a value with no option)'}")
+    return {name: value for name, value in vars(flags).items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
