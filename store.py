@@ -699,14 +699,15 @@ class RunStore:
     # --- life cycle ---
 
     def _open_directory(self) -> None:
+        # Checked first: mkdir on a regular file says only "File exists".
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StoreUnavailable(f"store folder {self.directory} is a file, not a folder")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(
                 f"cannot create store folder {self.directory}: {exc.strerror}"
             ) from exc
-        if not self.directory.is_dir():
-            raise StoreUnavailable(f"store folder {self.directory} is not a folder")
         probe = self.directory / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             probe.write_bytes(b"")

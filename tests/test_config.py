@@ -191,6 +191,15 @@ def regular_file(tmp_path: Path) -> Path:
         pytest.param((), {"PORT": "abc"}, "PORT", id="port-abc"),
         pytest.param((), {"AUTH_PASS": "s3cret-pw"}, "AUTH_USER", id="pass-without-user"),
         pytest.param(("--store-dir", "{file}/store"), {}, "{file}/store", id="store-under-file"),
+        pytest.param(
+            (
+                "--store-dir",
+                "{file}",
+            ),
+            {},
+            "{file} is a file",
+            id="store-is-a-file",
+        ),
         pytest.param((), {"HOST": "999.1.1.1"}, "cannot listen on HOST='999.1.1.1'", id="host"),
         # A mistyped flag holding a secret: named, its value never shown.
         pytest.param(("--auth-password=s3cret-pw",), {}, "--auth-password", id="unknown-flag"),
