@@ -738,18 +738,12 @@ class RunStore:
 
         names, if given, is a listing of the folder just made, to save listing it again.
         """
-        removed = 0
-        cutoff = time.time() - older_than
-        for name in self._list_folder() if names is None else names:
-            if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
-                continue
-            path = os.path.join(self._path, name)
-            try:
-                if os.lstat(path).st_mtime < cutoff:
-                    os.unlink(path)
-                    removed += 1
-            except FileNotFoundError:
-                pass  # another process swept it first
+        removed = _remove_old_files(
+            self._path,
+            self._list_folder() if names is None else names,
+            lambda name: name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX),
+            older_than,
+        )
         if removed:
             log.info("removed %d stale temp file(s) from %s", removed, self.directory)
         return removed
@@ -1391,6 +1385,26 @@ POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
 
 
+def _remove_old_files(
+    folder: str, names: Iterable[str], is_temp: Callable[[str], object], older_than: float
+) -> int:
+    """Remove the files among names that is_temp picks and that are older than older_than
+    seconds; return how many. Young ones may belong to a write still running."""
+    removed = 0
+    cutoff = time.time() - older_than
+    for name in names:
+        if not is_temp(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.lstat(path).st_mtime < cutoff:
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            pass  # another process swept it first
+    return removed
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -1525,21 +1539,14 @@ class _IndexSnapshot:
         Each is a partial copy of the index (180 MB at a million runs), and nothing else would
         ever remove it. Young ones may belong to a write still running, so they stay.
         """
-        removed = 0
-        cutoff = time.time() - older_than
+        folder = str(self.path.parent)
         try:
-            with os.scandir(self.path.parent) as entries:
-                for entry in entries:
-                    if not self._temp_name.fullmatch(entry.name):
-                        continue
-                    try:
-                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                            os.unlink(entry.path)
-                            removed += 1
-                    except FileNotFoundError:
-                        pass  # another process swept it first
+            removed = _remove_old_files(
+                folder, os.listdir(folder), self._temp_name.fullmatch, older_than
+            )
         except OSError as exc:
             log.warning("cannot sweep old index snapshot temp files: %s", exc.strerror)
+            return 0
         if removed:
             log.info("removed %d stale index snapshot temp file(s)", removed)
         return removed
