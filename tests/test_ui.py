@@ -792,6 +792,7 @@ def test_size_axis_tops_are_round_numbers(largest, top):
     [
         ("2022-01-01", "2026-01-01", ["01 Jan 2022", "01 Jan 2023", "01 Jan 2024"]),
         ("2026-01-01", "2026-03-01", ["01 Jan", "15 Jan", "30 Jan"]),
+        ("0141-01-01", "0145-01-01", ["01 Jan 0141", "01 Jan 0142", "01 Jan 0143"]),
     ],
 )
 def test_time_ticks_name_the_year_when_the_runs_span_more_than_one(first, last, labels):
