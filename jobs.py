@@ -711,6 +711,20 @@ class JobMonitor:
                 self._stats[job] = self._job_stats(job, None, [], override, None, self.since)
         return complete
 
+    def flags_of(self, run: RunSummary) -> list[str]:
+        """Return the flags run would have as its job's latest, judged by the runs before it.
+
+        The dashboard's row shows a job's latest run by end_time, job monitoring judges the
+        latest by start_time; when runs overlap they differ, and a row's flags must be about
+        the run it shows.
+        """
+        order = _start_order(run)
+        earlier = sorted(
+            (other for other in self.store.job_runs(run.job) if _start_order(other) < order),
+            key=_start_order,
+        )
+        return run_flags(run, reference_runs(earlier), self.overrides.for_job(*run.job))
+
     @staticmethod
     def _job_stats(*args) -> JobStats:
         """Return JobStats(*args), or only what the job's runs say if its figures fail."""

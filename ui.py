@@ -159,7 +159,10 @@ def with_monitoring(rows: list[JobRow]) -> tuple[list[JobRow], bool, list[jobs.J
     for row in rows:
         summary = by_job.get(row.job)
         if summary is not None:
-            row = replace(row, state=summary.state, flags=tuple(summary.flags))
+            flags = summary.flags
+            if (summary.last_run or {}).get("run_id") != row.latest.run_id:
+                flags = current_app.extensions["jobs"].flags_of(row.latest)  # runs overlap
+            row = replace(row, state=summary.state, flags=tuple(flags))
         monitored.append(row)
     # A muted job needs no one's attention, reported or not.
     never_reported = [job for job in summaries if job.runs == 0 and job.state != "muted"]

@@ -439,6 +439,32 @@ def test_an_unencrypted_run_is_said_once_not_as_badge_and_flag(client):
     assert row.count(">unencrypted<") == 1
 
 
+def test_a_row_flags_the_run_it_shows_when_runs_overlap(client):
+    """The row shows the latest run by end_time, job monitoring judges the latest by start_time.
+
+    A long run that began first and ended last is the row's run; its flags must be its own,
+    not those of the short run that began after it.
+    """
+    daily_runs(client, "overlap", 7, 4, bytes_backed_up=10 * GIB)  # 10 minutes each
+    long_run = {"start_time": "2026-05-11T20:00:00Z", "end_time": "2026-05-12T06:00:00Z"}
+    report(client, "overlap-long", job_name="overlap", bytes_backed_up=10 * GIB, **long_run)
+    report(
+        client,
+        "overlap-short",
+        job_name="overlap",
+        start_time="2026-05-12T02:00:00Z",
+        end_time="2026-05-12T02:10:00Z",
+        bytes_backed_up=GIB,
+    )
+    (job,) = client.get("/v1/jobs").get_json()
+    assert (job["last_run"]["run_id"], job["flags"]) == ("overlap-short", ["size_drop"])
+
+    row = row_of(page(client, "/"), "overlap")
+    assert "10 h" in row  # the long run's duration: it is the row's run
+    assert "unusual duration" in row
+    assert "size dropped" not in row
+
+
 # --- job history ---------------------------------------------------------------------------
 
 
