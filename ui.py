@@ -88,6 +88,17 @@ class JobRow:
         return (self.job_name, self.agent_id)
 
     @property
+    def encryption(self) -> str:
+        """Return unencrypted, encrypted or unknown: what the cards, filter and order go by.
+
+        Unencrypted if the run says so or job monitoring flags it: a job the jobs file says
+        must be encrypted is flagged while its run does not say it was.
+        """
+        if self.latest.encrypted is False or "unencrypted" in self.flags:
+            return "unencrypted"
+        return "unknown" if self.latest.encrypted is None else "encrypted"
+
+    @property
     def shown_flags(self) -> tuple[str, ...]:
         """The flags worth a badge: "unencrypted" only if the encryption badge does not say it."""
         if self.latest.encrypted is False:
@@ -326,7 +337,7 @@ class OverviewFilters:
             return False
         if self.statuses and latest.status not in self.statuses:
             return False
-        if self.encryption and ENCRYPTION_FILTERS[self.encryption] is not latest.encrypted:
+        if self.encryption and row.encryption != self.encryption:
             return False
         if self.states and row.state not in self.states:
             return False
@@ -335,7 +346,7 @@ class OverviewFilters:
         return not (self.until and latest.start_ts >= self.until.timestamp())
 
 
-ENCRYPTION_FILTERS = {"encrypted": True, "unencrypted": False, "unknown": None}
+ENCRYPTION_FILTERS = ("encrypted", "unencrypted", "unknown")  # JobRow.encryption's values
 
 
 def parse_overview_filters(args) -> OverviewFilters:
@@ -387,7 +398,7 @@ def attention_rank(row: JobRow) -> int:
         return 0
     if row.latest.status != "success":
         return 1 + STATUS_RANK.get(row.latest.status, 1)  # failure 1, partial 2
-    return 3 if row.latest.encrypted is False else 4
+    return 3 if row.encryption == "unencrypted" else 4
 
 
 SORT_KEYS: dict[str, Callable[[JobRow], tuple]] = {
@@ -468,7 +479,7 @@ def summary_cards(
     unencrypted = 0
     for row in rows:
         by_status[row.latest.status] += 1
-        unencrypted += row.latest.encrypted is False
+        unencrypted += row.encryption == "unencrypted"
     overview = "ui.overview"
     late = []
     if monitored:

@@ -105,6 +105,27 @@ def test_a_run_ending_after_its_report_arrived_does_not_hide_later_runs(app_conf
         application.extensions["store"].close()
 
 
+def test_a_job_that_must_be_encrypted_counts_as_unencrypted_until_a_run_says_so(
+    app_config, tmp_path
+):
+    """require_encryption flags a run that does not say it was encrypted; the card, the
+    filter and the default order must count the job the row flags."""
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text('{"jobs": [{"job_name": "vault", "require_encryption": true}]}')
+    application = app_module.create_app({**app_config, "JOBS_FILE": str(jobs_file)})
+    try:
+        client = application.test_client()
+        report(client, "vault-1", job_name="vault")  # says nothing of encryption
+        report(client, "aa-1", job_name="aa-healthy", encrypted=True)
+        text = page(client, "/")
+        assert "unencrypted" in row_of(text, "vault")
+        assert cards(text)["Unencrypted"] == 1
+        assert job_order(text) == ["vault", "aa-healthy"]
+        assert job_order(page(client, "/?encryption=unencrypted")) == ["vault"]
+    finally:
+        application.extensions["store"].close()
+
+
 def test_sort_links_keep_every_value_of_a_repeated_filter(client):
     report(client, "f", status="failure", job_name="a-failed")
     report(client, "p", status="partial", job_name="b-partial")
