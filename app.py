@@ -766,11 +766,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     # One line per request comes from our access log; waitress's queue warnings would flood it.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    # Ctrl-C during a long start (half a minute at a million runs) ends it at once: nothing
+    # is written before the index is built, and the loaders die with us (store.py). Started
+    # with SIGINT ignored (nohup, or `&` in a script), it stays ignored, as Python leaves it.
+    on_interrupt = signal.getsignal(signal.SIGINT)
+    if on_interrupt is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_during_start)
     try:
         app = create_app(parse_args(sys.argv[1:] if argv is None else argv))
     except (ConfigError, StoreError) as exc:
         print(f"backup-registry: {exc}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGINT, on_interrupt)  # KeyboardInterrupt: waitress stops cleanly
     config = app.config
     store = app.extensions["store"]
     # Bound before anything says "serving": a port in use or a HOST that is no address is one
@@ -807,6 +815,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.close()
     return 0
+
+
+def _interrupted_during_start(signum: int, frame: object) -> None:
+    """SIGINT before serving: leave now, in one line, without waiting for the loaders."""
+    print("backup-registry: interrupted during the start", file=sys.stderr, flush=True)
+    os._exit(128 + signal.SIGINT)  # the shell's code for death by SIGINT
 
 
 def _listen(app: Flask, config: dict):

@@ -618,6 +618,9 @@ def _die_with_parent(parent_pid: int) -> None:
     Without it, a server stopped or killed during a long start (30 s at a million runs) left
     its loaders behind for good, each blocked on a pipe no one would read again.
     """
+    # Ctrl-C reaches the whole process group: the server leaves, and these die with it,
+    # rather than each printing a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):  # not Linux: no such guard
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:

@@ -272,12 +272,13 @@ def children_of(parent: int) -> list[int]:
     return children
 
 
-def test_loader_processes_do_not_outlive_a_server_killed_during_its_start(store_dir, tmp_path):
-    """A stop or a crash during a long start must not leave loaders running, blocked, for good."""
+def start_stalled(store_dir: Path, tmp_path: Path, start: str, **popen_args):
+    """Run start (Python, with STORE the store folder) in a process whose loaders stall, as on
+    a huge folder; return it and its two loaders' pids once one loader is at work."""
     mixed_folder(store_dir)
     pid_folder = tmp_path / "loaders"
     pid_folder.mkdir()
-    # A server process whose loaders stall, as on a huge folder: one writes a mark, then waits.
+    # Each loader writes a mark, then waits.
     script = textwrap.dedent(
         f"""
         import os, sys, time
@@ -289,17 +290,25 @@ def test_loader_processes_do_not_outlive_a_server_killed_during_its_start(store_
             open(os.path.join({str(pid_folder)!r}, str(os.getpid())), "w").close()
             time.sleep(60)
         store._check_files = stalled_check
-        store.RunStore({str(store_dir)!r}, watch=False)
+        STORE = {str(store_dir)!r}
         """
     )
-    server = subprocess.Popen([sys.executable, "-c", script])
-    loaders: list[int] = []
+    env = {**os.environ, "STORE_DIR": str(store_dir)}
+    server = subprocess.Popen([sys.executable, "-c", script + start], env=env, **popen_args)
+    deadline = time.monotonic() + 20
+    while not any(pid_folder.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loaders = children_of(server.pid)
+    if len(loaders) != 2:
+        server.kill()
+        pytest.fail("the loader processes never started")
+    return server, loaders
+
+
+def test_loader_processes_do_not_outlive_a_server_killed_during_its_start(store_dir, tmp_path):
+    """A stop or a crash during a long start must not leave loaders running, blocked, for good."""
+    server, loaders = start_stalled(store_dir, tmp_path, "store.RunStore(STORE, watch=False)")
     try:
-        deadline = time.monotonic() + 20
-        while not any(pid_folder.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        loaders = children_of(server.pid)
-        assert len(loaders) == 2, "the loader processes never started"
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)
         deadline = time.monotonic() + 10
@@ -311,6 +320,57 @@ def test_loader_processes_do_not_outlive_a_server_killed_during_its_start(store_
         for pid in loaders:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_during_a_long_start_ends_it_at_once_in_one_line(store_dir, tmp_path):
+    """Ctrl-C in a terminal signals the server and its loaders; none of them may print a
+    traceback, and the server must not wait for the loaders to finish the whole folder."""
+    # A session of its own, so that the whole group can be signalled as a terminal does.
+    server, loaders = start_stalled(
+        store_dir,
+        tmp_path,
+        "import app; sys.exit(app.main())",
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        began = time.monotonic()
+        os.killpg(server.pid, signal.SIGINT)
+        _, errors = server.communicate(timeout=20)
+        assert time.monotonic() - began < 5
+        assert server.returncode == 130
+        assert "Traceback" not in errors
+        assert errors.strip().splitlines()[-1] == "backup-registry: interrupted during the start"
+        deadline = time.monotonic() + 10
+        while not all(process_is_gone(pid) for pid in loaders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(process_is_gone(pid) for pid in loaders), "loaders outlived their server"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_a_start_with_sigint_ignored_keeps_ignoring_it(store_dir, tmp_path):
+    """nohup, or `&` in a script, starts the server with SIGINT ignored: Ctrl-C meant for the
+    shell's foreground job must not stop it, during the start as after."""
+    server, _ = start_stalled(
+        store_dir,
+        tmp_path,
+        "import app; sys.exit(app.main())",
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        os.killpg(server.pid, signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            server.wait(timeout=1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def test_the_snapshot_lists_runs_newest_first(store_dir):
