@@ -503,7 +503,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.setdefault("CLOCK", lambda: datetime.now(UTC))
     app.json.sort_keys = False
     app.extensions["validator"] = shared_validator()
-    app.extensions["store"] = RunStore(config["STORE_DIR"], watch=config["WATCH_STORE"])
+    app.extensions["store"] = RunStore(
+        config["STORE_DIR"], watch=config["WATCH_STORE"], exclusive=config.get("SERVING", False)
+    )
 
     register_hooks(app)
     register_api(app)
@@ -773,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     if on_interrupt is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted_during_start)
     try:
-        app = create_app(parse_args(sys.argv[1:] if argv is None else argv))
+        # SERVING: this process serves the folder, so it takes the folder's lock (store.py).
+        # Tests build many apps over one folder in one process, and leave it out.
+        app = create_app({**parse_args(sys.argv[1:] if argv is None else argv), "SERVING": True})
     except (ConfigError, StoreError) as exc:
         print(f"backup-registry: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import gc
 import heapq
 import json
@@ -689,10 +690,43 @@ def _presorted(keys: list) -> SortedList:
     return result
 
 
+def _lock_folder(directory: Path) -> int | None:
+    """Take an exclusive lock on the folder itself, held until close(); return its fd.
+
+    Two registries on one folder would keep two indexes and overwrite each other's snapshot.
+    flock on the folder leaves no file behind, is released by the kernel when the process
+    dies however it dies, and grep, rsync and cp never take it. Raise StoreUnavailable if
+    another process holds it; where the file system has no such locks (some network ones),
+    log that and go on.
+    """
+    fd = None
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreUnavailable(
+            f"store folder {directory} is in use by another process (another registry?); "
+            "run one registry per store folder"
+        ) from None
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        log.warning(
+            "cannot lock store folder %s (%s); not checking for a second registry",
+            directory,
+            exc.strerror,
+        )
+        return None
+    return fd
+
+
 class RunStore:
     """Runs kept as `<run_id>.json` in one folder, with an index kept true to that folder."""
 
-    def __init__(self, directory: str | os.PathLike, *, watch: bool = True):
+    def __init__(
+        self, directory: str | os.PathLike, *, watch: bool = True, exclusive: bool = False
+    ):
         # Absolute once, at start: STORE_DIR=. otherwise means the process's working folder,
         # which stays the old folder after a restore replaces it (see _Watcher).
         self.directory = Path(os.path.abspath(directory))
@@ -718,6 +752,7 @@ class RunStore:
         self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
         self._open_directory()
+        self._folder_lock = _lock_folder(self.directory) if exclusive else None
         # Watch before the first scan, so that nothing changed during the scan is missed.
         if watch:
             self._watcher = _Watcher(self)
@@ -760,6 +795,9 @@ class RunStore:
             self._watcher.stop()
             self._watcher = None
         self.save_snapshot()
+        if self._folder_lock is not None:  # after the snapshot: the next registry may start
+            os.close(self._folder_lock)
+            self._folder_lock = None
 
     @property
     def watching(self) -> str:

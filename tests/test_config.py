@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, free_port, make_run
+from conftest import ROOT, LiveServer, free_port, make_run
 
 from app import SETTINGS, ConfigError, create_app, load_config, main, parse_args
 
@@ -364,3 +364,21 @@ def test_waitress_queue_warnings_are_quieted(capsys):
     assert exit_code != 0
     assert quieted
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_a_second_registry_on_the_same_store_folder_is_refused(tmp_path):
+    """Two servers on one folder would keep two indexes and overwrite one snapshot: the
+    second is refused in one line, and the first goes on serving."""
+    store_dir = tmp_path / "shared-store"
+    first = LiveServer(store_dir).wait_ready()
+    try:
+        result = run_app_py(STORE_DIR=str(store_dir), PORT=str(free_port()))
+        assert result.returncode == 2
+        (line,) = result.stderr.splitlines()
+        assert f"store folder {store_dir} is in use by another process" in line
+        assert requests.get(first.url + "/health", timeout=5).status_code == 200
+    finally:
+        first.stop()
+    # Its lock goes with it: the folder can be served again at once.
+    again = LiveServer(store_dir).wait_ready()
+    again.stop()
