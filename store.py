@@ -1879,9 +1879,12 @@ class _Watcher:
                     rescan_due = False
                     continue
                 # Events of a watch dropped above are about a folder that is not the store's.
+                # Dot-files (our temp files, rsync's, editors') are never runs and never
+                # warned about: skipping them spares a syscall per POST for the temp file
+                # the save renames away, in the thread that competes for the GIL with it.
                 changed: dict[str, bool] = {}
                 for event in events:
-                    if event.name and event.wd == self._wd:
+                    if event.name and event.wd == self._wd and not event.name.startswith("."):
                         written = bool(event.mask & self._closed_after_writing)
                         changed[event.name] = changed.get(event.name, False) or written
                 for name, written_in_place in changed.items():
