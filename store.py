@@ -384,9 +384,9 @@ class _NotARun(ValueError):
 def _read_file(folder: str, name: str, folder_fd: int | None = None) -> tuple[tuple, bytes]:
     """Read a regular file of folder whole; return (its stat signature as read, its bytes).
 
-    folder_fd, an open descriptor of folder, saves the kernel walking folder's path again for
-    each file: a tenth of a start's time per file. Raise _NotARun for any other kind of
-    entry, which is never followed or opened for good.
+    folder_fd, an open descriptor of folder, spares the kernel walking folder's path again
+    for each file (about a tenth of a start's time per file, here). Raise _NotARun for any
+    other kind of entry, which is never followed or opened for good.
     """
     path = name if folder_fd is not None else os.path.join(folder, name)
     try:
@@ -1263,33 +1263,34 @@ class RunStore:
         snapshot = self._snapshot.load()
         run_files = 0
         kept: set[str] = set()
-        read: list[RunSummary] = []
+        runs: dict[str, RunSummary] = {}
+        jobs: defaultdict[tuple[str, str], dict[str, RunSummary]] = defaultdict(dict)
+        # The runs read are filed as each slice comes in, while the loaders still work on
+        # the next ones: after the last slice only this process works, and a core idles.
         for checked in _check_folder(self._path, names, _Signatures.of(snapshot)):
             run_files += checked.run_files
             kept.update(checked.kept)
             for row in checked.rows:
                 summary = RunSummary.from_snapshot_row(row)
                 self._forget_if_racy(summary, scan_started)
-                read.append(summary)
+                runs[summary.run_id] = jobs[summary.job][summary.run_id] = summary
             for name, signature, message in checked.problems:
                 self._warn_once(name, signature, message)
             # An I/O error may pass: the watcher tries these files again, as it does its own.
             self._failing.update(checked.failed)
         self.files_read_at_start = run_files - len(kept)
-        # The snapshot is written newest first, so this part is born sorted and the sort below
-        # only has to merge in the slices that were read, each sorted already.
-        summaries = [
-            RunSummary.from_snapshot_row(row) for row in snapshot.values() if row[4] in kept
-        ]
-        snapshot_is_current = self.files_read_at_start == 0 and len(summaries) == len(snapshot)
-        summaries += read
+        snapshot_is_current = self.files_read_at_start == 0 and len(kept) == len(snapshot)
+        for row in snapshot.values():
+            if row[4] in kept:
+                summary = RunSummary.from_snapshot_row(row)
+                runs[summary.run_id] = jobs[summary.job][summary.run_id] = summary
+        # Each slice read is sorted already, and the snapshot is written newest first, so
+        # this sort only merges runs of keys.
+        summaries = list(runs.values())
         summaries.sort(key=attrgetter("key"))
         keys = [summary.key for summary in summaries]
-        jobs: defaultdict[tuple[str, str], dict[str, RunSummary]] = defaultdict(dict)
-        for summary in summaries:
-            jobs[summary.job_name, summary.agent_id][summary.run_id] = summary
         with self._lock:
-            self._runs = {summary.run_id: summary for summary in summaries}
+            self._runs = runs
             self._order = _presorted(keys)
             # Posting lists are built POSTINGS_BUILD_DELAY after start, or by the first query
             # that needs one: at a million runs they cost 2.6 s the first answer need not wait.
