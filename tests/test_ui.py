@@ -119,6 +119,7 @@ def test_a_job_that_must_be_encrypted_counts_as_unencrypted_until_a_run_says_so(
         report(client, "aa-1", job_name="aa-healthy", encrypted=True)
         text = page(client, "/")
         assert "unencrypted" in row_of(text, "vault")
+        assert row_of(text, "vault").startswith('<tr class="row-success row-unencrypted')
         assert cards(text)["Unencrypted"] == 1
         assert job_order(text) == ["vault", "aa-healthy"]
         assert job_order(page(client, "/?encryption=unencrypted")) == ["vault"]
