@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import hmac
 import ipaddress
@@ -770,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     # Ctrl-C during a long start (half a minute at a million runs) ends it at once: nothing
     # is written before the index is built, and the loaders die with us (store.py). Started
-    # with SIGINT ignored (nohup, or `&` in a script), it stays ignored, as Python leaves it.
+    # with SIGINT ignored (`&` in a script), it stays ignored, as Python itself leaves it.
     on_interrupt = signal.getsignal(signal.SIGINT)
     if on_interrupt is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted_during_start)
@@ -782,15 +783,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backup-registry: {exc}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGINT, on_interrupt)  # KeyboardInterrupt: waitress stops cleanly
-    config = app.config
+        # From here a KeyboardInterrupt leaves through store.close(), which saves the index.
+        signal.signal(signal.SIGINT, on_interrupt)
     store = app.extensions["store"]
+    try:
+        return _serve(app, store)
+    except KeyboardInterrupt:  # before waitress took over Ctrl-C, which it ends quietly
+        return 128 + signal.SIGINT
+    finally:
+        store.close()
+
+
+def _serve(app: Flask, store: RunStore) -> int:
+    """Listen, say so, and serve until stopped; return the exit code."""
+    config = app.config
     # Bound before anything says "serving": a port in use or a HOST that is no address is one
     # line and exit code 2, like any other bad setting, not a traceback after the load.
     try:
         server = _listen(app, config)
     except (OSError, ValueError) as exc:
-        store.close()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(
             f"backup-registry: cannot listen on HOST={config['HOST']!r} PORT={config['PORT']}: "
@@ -814,16 +825,16 @@ def main(argv: list[str] | None = None) -> int:
     # A service manager stops us with SIGTERM: leave through `finally` so the index snapshot
     # is saved and the next start reads only what changed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    try:
-        server.run()
-    finally:
-        store.close()
+    server.run()
     return 0
 
 
 def _interrupted_during_start(signum: int, frame: object) -> None:
     """SIGINT before serving: leave now, in one line, without waiting for the loaders."""
-    print("backup-registry: interrupted during the start", file=sys.stderr, flush=True)
+    # Ctrl-C in `app.py | tee log` often stops tee first: the line cannot be written then,
+    # and leaving must not depend on it.
+    with contextlib.suppress(OSError):
+        os.write(2, b"backup-registry: interrupted during the start\n")
     os._exit(128 + signal.SIGINT)  # the shell's code for death by SIGINT
 
 

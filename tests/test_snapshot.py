@@ -17,7 +17,7 @@ import pytest
 
 import store as store_module
 from store import RunStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.test_index import index_view, run_record
 
 
@@ -350,6 +350,53 @@ def test_ctrl_c_during_a_long_start_ends_it_at_once_in_one_line(store_dir, tmp_p
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_ctrl_c_during_the_start_ends_it_even_when_its_log_pipe_is_gone(store_dir, tmp_path):
+    """`app.py 2>&1 | tee log`: Ctrl-C stops tee too, often first. The one line can then not
+    be written; the start must end all the same, not carry on loading and serve."""
+    server, _ = start_stalled(
+        store_dir,
+        tmp_path,
+        "import app; sys.exit(app.main())",
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        server.stderr.close()  # the reader is gone: writing to stderr now fails
+        os.killpg(server.pid, signal.SIGINT)
+        assert server.wait(timeout=10) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_ctrl_c_after_the_load_saves_the_snapshot_without_a_traceback(store_dir):
+    """Between the built index and waitress taking over SIGINT, Ctrl-C must still leave
+    through store.close(): the next start then reads no file again."""
+    mixed_folder(store_dir)
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import app
+        listen = app._listen
+        def interrupted_listen(*args):
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came just now
+            time.sleep(1)
+            return listen(*args)
+        app._listen = interrupted_listen
+        sys.exit(app.main())
+        """
+    )
+    env = {**os.environ, "STORE_DIR": str(store_dir), "PORT": str(free_port())}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot_path(store_dir).exists()
 
 
 def test_a_start_with_sigint_ignored_keeps_ignoring_it(store_dir, tmp_path):
