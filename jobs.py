@@ -661,6 +661,8 @@ class JobMonitor:
         self.since = since
         self._lock = threading.Lock()
         self._stats: dict[tuple[str, str], JobStats] = {}
+        # job -> ((its statistics' version, run id), flags): see flags_of
+        self._row_flags: dict[tuple[str, str], tuple[tuple, list[str]]] = {}
         self._seen_version: int | None = None
 
     def snapshot(self) -> tuple[int | None, list[JobStats]]:
@@ -687,6 +689,7 @@ class JobMonitor:
         versions = self.store.job_versions()
         expected = {(entry.job_name, entry.agent_id) for entry in self.overrides.named_jobs()}
         for gone in self._stats.keys() - versions.keys():
+            self._row_flags.pop(gone, None)
             if self._stats[gone].count or gone not in expected:  # else still never reported
                 del self._stats[gone]
         for job, version in versions.items():
@@ -716,14 +719,30 @@ class JobMonitor:
 
         The dashboard's row shows a job's latest run by end_time, job monitoring judges the
         latest by start_time; when runs overlap they differ, and a row's flags must be about
-        the run it shows.
+        the run it shows. Kept until the job's runs change: judging sorts all of them.
         """
+        job = run.job
+        with self._lock:
+            stats = self._stats.get(job)
+            key = (stats.version if stats else None, run.run_id)
+            known = self._row_flags.get(job)
+        if known is not None and known[0] == key and key[0] is not None:
+            return known[1]
         order = _start_order(run)
-        earlier = sorted(
-            (other for other in self.store.job_runs(run.job) if _start_order(other) < order),
-            key=_start_order,
-        )
-        return run_flags(run, reference_runs(earlier), self.overrides.for_job(*run.job))
+        try:
+            earlier = sorted(
+                (other for other in self.store.job_runs(job) if _start_order(other) < order),
+                key=_start_order,
+            )
+            flags = run_flags(run, reference_runs(earlier), self.overrides.for_job(*job))
+        except Exception:
+            # As in _job_stats: one job's odd runs must not make the dashboard fail. Kept
+            # like a result, so logged once per change of the job.
+            log.exception("job %r on agent %r: cannot judge run %r", *job, run.run_id)
+            flags = stats.flags if stats else []
+        with self._lock:
+            self._row_flags[job] = (key, flags)
+        return flags
 
     @staticmethod
     def _job_stats(*args) -> JobStats:

@@ -15,6 +15,7 @@ from jobs_support import Clock
 from markupsafe import escape
 
 import app as app_module
+import jobs
 import ui
 
 NOW = datetime(2026, 5, 12, 12, 0, 0, tzinfo=UTC)
@@ -485,6 +486,54 @@ def test_a_row_flags_the_run_it_shows_when_runs_overlap(client):
     assert "10 h" in row  # the long run's duration: it is the row's run
     assert "unusual duration" in row
     assert "size dropped" not in row
+
+
+def overlapping_runs(client) -> None:
+    """A job whose latest run by end_time (overlap-long) began before its latest by start."""
+    daily_runs(client, "overlap", 7, 4, bytes_backed_up=10 * GIB)
+    long_run = {"start_time": "2026-05-11T20:00:00Z", "end_time": "2026-05-12T06:00:00Z"}
+    report(client, "overlap-long", job_name="overlap", **long_run)
+    report(client, "overlap-short", job_name="overlap")
+
+
+def test_a_rows_own_flags_are_computed_once_per_change_of_its_job(client, monkeypatch):
+    """Judging a row's run sorts all the job's runs: not again on every page view."""
+    overlapping_runs(client)
+    judged = []
+    real_run_flags = jobs.run_flags
+
+    def run_flags(latest, *args):
+        judged.append(latest.run_id)
+        return real_run_flags(latest, *args)
+
+    monkeypatch.setattr(jobs, "run_flags", run_flags)
+    page(client, "/")
+    page(client, "/")
+    assert judged.count("overlap-long") == 1
+    report(client, "other-job", job_name="other")  # another job's change: still cached
+    page(client, "/")
+    assert judged.count("overlap-long") == 1
+    daily_runs(client, "overlap", 1, 1)  # a change of this job: judged again
+    page(client, "/")
+    assert judged.count("overlap-long") == 2
+
+
+def test_a_row_whose_own_flags_fail_keeps_the_jobs_flags(client, monkeypatch, caplog):
+    """As for /v1/jobs, one job's odd runs must not make the overview fail."""
+    overlapping_runs(client)
+    real_run_flags = jobs.run_flags
+
+    def run_flags(latest, *args):
+        if latest.run_id == "overlap-long":
+            raise ArithmeticError("no flags for this one")
+        return real_run_flags(latest, *args)
+
+    monkeypatch.setattr(jobs, "run_flags", run_flags)
+    assert "overlap-long" in row_of(page(client, "/"), "overlap")
+    assert "no flags for this one" in caplog.text  # the traceback
+    page(client, "/")
+    logged = [record for record in caplog.records if "cannot judge" in record.getMessage()]
+    assert len(logged) == 1  # once, not per view
 
 
 # --- job history ---------------------------------------------------------------------------
