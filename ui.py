@@ -413,7 +413,7 @@ SORT_KEYS: dict[str, Callable[[JobRow], tuple]] = {
         row.job_name.casefold(),
     ),
     "encryption": lambda row: (
-        {False: 0, None: 1, True: 2}[row.latest.encrypted],
+        {"unencrypted": 0, "unknown": 1, "encrypted": 2}[row.encryption],
         row.job_name.casefold(),
     ),
     "runs": lambda row: (row.run_count, row.job_name.casefold()),

@@ -118,12 +118,16 @@ def test_a_job_that_must_be_encrypted_counts_as_unencrypted_until_a_run_says_so(
         client = application.test_client()
         report(client, "vault-1", job_name="vault")  # says nothing of encryption
         report(client, "aa-1", job_name="aa-healthy", encrypted=True)
+        report(client, "ab-1", job_name="ab-unknown")  # not required: unknown, no flag
         text = page(client, "/")
         assert "unencrypted" in row_of(text, "vault")
         assert row_of(text, "vault").startswith('<tr class="row-success row-unencrypted')
         assert cards(text)["Unencrypted"] == 1
-        assert job_order(text) == ["vault", "aa-healthy"]
+        assert job_order(text) == ["vault", "aa-healthy", "ab-unknown"]
         assert job_order(page(client, "/?encryption=unencrypted")) == ["vault"]
+        assert job_order(page(client, "/?encryption=unknown")) == ["ab-unknown"]
+        by_encryption = job_order(page(client, "/?sort=encryption&dir=asc"))
+        assert by_encryption == ["vault", "ab-unknown", "aa-healthy"]
     finally:
         application.extensions["store"].close()
 
