@@ -702,7 +702,17 @@ def _lock_folder(directory: Path) -> int | None:
     fd = None
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A registry killed during its start leaves its loaders, which were forked holding
+        # the lock, for a few more milliseconds: a restart right then waits for them.
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
     except BlockingIOError:
         os.close(fd)
         raise StoreUnavailable(
@@ -752,6 +762,7 @@ class RunStore:
         self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
         self._open_directory()
+        self._exclusive = exclusive
         self._folder_lock = _lock_folder(self.directory) if exclusive else None
         # Watch before the first scan, so that nothing changed during the scan is missed.
         if watch:
@@ -795,9 +806,23 @@ class RunStore:
             self._watcher.stop()
             self._watcher = None
         self.save_snapshot()
-        if self._folder_lock is not None:  # after the snapshot: the next registry may start
+        self._unlock_folder()  # after the snapshot: the next registry may start
+
+    def _unlock_folder(self) -> None:
+        if self._folder_lock is not None:
             os.close(self._folder_lock)
             self._folder_lock = None
+
+    def lock_new_folder(self) -> None:
+        """Move the folder lock to the folder now at the store's path (after a restore)."""
+        if not self._exclusive:
+            return
+        self._unlock_folder()
+        try:
+            self._folder_lock = _lock_folder(self.directory)
+        except StoreUnavailable as exc:
+            # Too late to refuse: this registry serves the folder already. Say it loudly.
+            log.error("%s", exc)
 
     @property
     def watching(self) -> str:
@@ -1454,6 +1479,7 @@ class RunStore:
 
 
 RACY_NS = 2_000_000_000
+LOCK_WAIT_SECONDS = 2.0  # for the store folder's lock held by a dead registry's loaders
 ID_LOCK_STRIPES = 64
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
@@ -1819,6 +1845,7 @@ class _Watcher:
             return False
         self.mode = "inotify"
         log.info("watching store folder %s again; rescanning it", self._store.directory)
+        self._store.lock_new_folder()
         return True
 
     def _poll(self, folder_was_there: bool) -> None:

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -817,3 +819,67 @@ def test_a_file_name_holding_a_newline_stays_on_one_log_line(start_client, store
     (warning,) = warnings_about(caplog, "forged.json")
     assert "\n" not in warning
     assert warning.startswith("x\\x0a2026-11-26 WARNING backup_registry.auth: forged.json: ")
+
+
+# --- one registry per folder -----------------------------------------------------------------
+
+
+def held_elsewhere(folder: Path) -> bool:
+    """Tell whether another process holds the folder's lock, as a second registry would ask."""
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "except BlockingIOError:\n    sys.exit(1)\n",
+            str(folder),
+        ],
+        check=False,
+    )
+    return probe.returncode == 1
+
+
+def test_a_lock_left_by_a_dying_registrys_loaders_is_waited_for(store_dir):
+    """After a crash, the killed server's loaders hold its lock for a few ms more (they were
+    forked with it): a restart right then must wait for them, not refuse to start."""
+    store_dir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(0.5)\n",
+            str(store_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        store = store_module.RunStore(store_dir, watch=False, exclusive=True)
+        store.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_the_lock_moves_to_a_restored_folder(store_dir, tmp_path):
+    """A restore replaces the folder (mv store store.old; cp -a backup store): the registry
+    follows the new one, and so must its lock, or a second registry could start on it."""
+    store_dir.mkdir()
+    store = store_module.RunStore(store_dir, exclusive=True)
+    try:
+        assert store.watching == "inotify"
+        assert held_elsewhere(store_dir)
+        old = tmp_path / "store.old"
+        store_dir.rename(old)
+        store_dir.mkdir()
+        eventually(lambda: held_elsewhere(store_dir), timeout=5)
+        assert not held_elsewhere(old)
+    finally:
+        store.close()
+    assert not held_elsewhere(store_dir)
