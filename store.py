@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import hashlib
 import heapq
 import json
 import logging
@@ -1543,6 +1544,11 @@ MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
 MIN_US, MAX_US = int(MIN_TS) * 1_000_000, int(MAX_TS) * 1_000_000 + 999_999
 
 
+def _digest(text: bytes) -> bytes:
+    """The hex blake2b-128 digest of text, as bytes: what marks a snapshot line intact."""
+    return hashlib.blake2b(text, digest_size=16).hexdigest().encode("ascii")
+
+
 class _IndexSnapshot:
     """A copy of the index on disk, so a restart reads only the files that changed.
 
@@ -1551,9 +1557,13 @@ class _IndexSnapshot:
     only if its file's stat signature is unchanged, a row younger than RACY_NS when written is
     ignored, and a missing, foreign or broken snapshot means every file is read, after which a
     good one is written again.
+
+    Each line is the digest of its JSON text, a space, and the text: a byte changed on disk or
+    by hand that leaves the JSON well-formed (a digit of a size, a letter of a status) would
+    otherwise be trusted until that run's file changed.
     """
 
-    FORMAT = 1
+    FORMAT = 2  # 1 had no digests; such a snapshot is refused once, and rewritten
     CHUNK = 5000  # rows per line: small enough that writing never holds the GIL for long
 
     def __init__(self, directory: Path):
@@ -1571,14 +1581,14 @@ class _IndexSnapshot:
         rows: dict[str, list] = {}
         try:
             with open(self.path, "rb") as handle:
-                header = json.loads(handle.readline())
+                header = self._verified(handle.readline())
                 if not isinstance(header, dict):
                     raise ValueError("no header")
                 if header.get("format") != self.FORMAT:
                     raise ValueError(f"format {header.get('format')!r}")
                 young = header["written_ns"] - RACY_NS
                 for line in handle:
-                    for row in json.loads(line):
+                    for row in self._verified(line):
                         self._check(row)
                         if row[2] < young:
                             rows[row[4]] = row
@@ -1588,6 +1598,22 @@ class _IndexSnapshot:
             log.warning("index snapshot %s unusable (%s); reading every run file", self.path, exc)
             return {}
         return rows
+
+    @staticmethod
+    def line(payload: object) -> bytes:
+        """Return payload as one line of the snapshot: its JSON text's digest, a space, the text."""
+        text = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        return _digest(text) + b" " + text + b"\n"
+
+    @staticmethod
+    def _verified(line: bytes) -> object:
+        """Return what a line written by line() holds; raise ValueError if it is not intact."""
+        digest, _, text = line.rstrip(b"\n").partition(b" ")
+        # Corruption, not forgery, is what this catches: no secret, so == will do. blake2b reads
+        # about 750 MB/s here: 0.25 s for the 180 MB snapshot of a million runs.
+        if _digest(text) != digest:
+            raise ValueError("a line does not match its digest")
+        return json.loads(text)
 
     @staticmethod
     def _check(row: list) -> None:
@@ -1656,12 +1682,13 @@ class _IndexSnapshot:
         temp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.tmp")
         header = {"format": self.FORMAT, "written_ns": time.time_ns(), "runs": len(summaries)}
         try:
-            with open(temp, "w", encoding="utf-8") as handle:
-                handle.write(json.dumps(header) + "\n")
+            with open(temp, "wb") as handle:
+                handle.write(self.line(header))
                 for start in range(0, len(summaries), self.CHUNK):
                     chunk = summaries[start : start + self.CHUNK]
-                    rows = [s.snapshot_row() for s in chunk if s.signature is not None]
-                    handle.write(json.dumps(rows, ensure_ascii=False) + "\n")
+                    handle.write(
+                        self.line([s.snapshot_row() for s in chunk if s.signature is not None])
+                    )
             os.replace(temp, self.path)
             self.version = version
         except (OSError, UnicodeError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -72,19 +73,31 @@ def test_rows_written_while_their_file_was_young_are_not_trusted(store_dir):
     assert RunStore(store_dir, watch=False).files_read_at_start == 1
 
 
+def signed(text: bytes) -> bytes:
+    """A snapshot line as the store writes it: the text's blake2b-128 digest, a space, the text."""
+    return hashlib.blake2b(text, digest_size=16).hexdigest().encode() + b" " + text + b"\n"
+
+
+HEADER = b'{"format": 2, "written_ns": 99999999999999999999}'
+
+
 @pytest.mark.parametrize(
     "content",
     [
         b"",
         b"not json at all\n",
-        b'{"format": 99, "written_ns": 0}\n[]\n',
-        b'{"format": 1}\n[]\n',  # no written_ns
-        b'{"format": 1, "written_ns": 99999999999999999999}\n[[1, 2, 3]]\n',  # short row
-        b'{"format": 1, "written_ns": 99999999999999999999}\n[[1,2,3,4,"r0",5,"db","h",'
-        b'"exploded",0,0,null,null,null,null]]\n',  # unknown status
-        b'{"format": 1, "written_ns": 99999999999999999999}\n[[1,2,3,4,"r0"',  # truncated
-        b"[1]\n[]\n",  # a header that is no object
-        b'{"format": 1, "written_ns": 1}\n' + b"[" * 100_000,  # nested past the recursion limit
+        signed(b"not json at all"),
+        signed(b'{"format": 99, "written_ns": 0}') + signed(b"[]"),
+        b'{"format": 1, "written_ns": 1}\n[]\n',  # the format before digests
+        signed(b'{"format": 2}') + signed(b"[]"),  # no written_ns
+        signed(HEADER) + signed(b"[[1, 2, 3]]"),  # short row
+        signed(HEADER) + signed(b'[[1,2,3,4,"r0",5,"db","h","exploded",0,0,null,null,null,null]]'),
+        signed(HEADER)
+        + signed(b'[[1,2,3,4,"r0",5,"db","h","success",0,0,null,null,null,null]]')[
+            :-20
+        ],  # cut short
+        signed(b"[1]") + signed(b"[]"),  # a header that is no object
+        signed(HEADER) + signed(b"[" * 100_000),  # nested past the recursion limit
     ],
 )
 def test_a_broken_snapshot_is_ignored_and_rewritten(store_dir, content, caplog):
@@ -102,10 +115,43 @@ def test_a_broken_snapshot_is_ignored_and_rewritten(store_dir, content, caplog):
     assert RunStore(store_dir, watch=False).files_read_at_start == 0
 
 
-def snapshot_rows(folder: Path) -> tuple[str, list[list]]:
-    """The snapshot's header line and its rows."""
-    header, *lines = snapshot_path(folder).read_text().splitlines()
-    return header, [row for line in lines for row in json.loads(line)]
+def test_a_row_changed_on_disk_fails_its_digest_and_is_not_trusted(store_dir, caplog):
+    """A changed byte that leaves well-formed JSON of the right types is still caught."""
+    original = aged_store(store_dir)
+    expected = index_view(original)
+    original.close()
+    content = snapshot_path(store_dir).read_bytes()
+    assert content.count(b'"success"') == 5
+    snapshot_path(store_dir).write_bytes(content.replace(b'"success"', b'"failure"', 1))
+
+    with caplog.at_level(logging.WARNING):
+        restarted = RunStore(store_dir, watch=False)
+
+    assert "does not match its digest" in caplog.text
+    assert restarted.files_read_at_start == 5
+    assert index_view(restarted) == expected
+    restarted.close()
+    assert RunStore(store_dir, watch=False).files_read_at_start == 0
+
+
+def snapshot_rows(folder: Path) -> tuple[dict, list[list]]:
+    """The snapshot's header and its rows, each line's digest checked."""
+    header, *lines = snapshot_path(folder).read_bytes().splitlines()
+    rows = [row for line in lines for row in json.loads(checked(line))]
+    return json.loads(checked(header)), rows
+
+
+def checked(line: bytes) -> bytes:
+    """The JSON text of a snapshot line, once its digest is seen to match."""
+    text = line.split(b" ", 1)[1]
+    assert signed(text) == line + b"\n"
+    return text
+
+
+def write_snapshot(folder: Path, header: dict, rows: list[list]) -> None:
+    """Write a snapshot with rows as the store would, each line signed."""
+    lines = [json.dumps(header).encode(), json.dumps(rows).encode()]
+    snapshot_path(folder).write_bytes(b"".join(signed(line) for line in lines))
 
 
 @pytest.mark.parametrize(
@@ -141,7 +187,7 @@ def test_a_row_with_a_field_of_the_wrong_type_makes_the_snapshot_unusable(
     original.close()
     header, rows = snapshot_rows(store_dir)
     rows[0][field] = value  # a row whose signature still matches its file
-    snapshot_path(store_dir).write_text(header + "\n" + json.dumps(rows) + "\n")
+    write_snapshot(store_dir, header, rows)
 
     with caplog.at_level(logging.WARNING):
         restarted = RunStore(store_dir, watch=False)
@@ -155,12 +201,11 @@ def test_a_row_with_a_field_of_the_wrong_type_makes_the_snapshot_unusable(
 def test_a_snapshot_that_lies_about_an_unchanged_signature_is_caught_by_stat(store_dir):
     """A snapshot from another copy of the store (other inodes) is a stale one: all re-read."""
     aged_store(store_dir).close()
-    header, *lines = snapshot_path(store_dir).read_text().splitlines()
-    rows = [row for line in lines for row in json.loads(line)]
+    header, rows = snapshot_rows(store_dir)
     for row in rows:
         row[0] += 1  # another inode, as after an rsync to another machine
         row[8] = "failure"
-    snapshot_path(store_dir).write_text(header + "\n" + json.dumps(rows) + "\n")
+    write_snapshot(store_dir, header, rows)
     restarted = RunStore(store_dir, watch=False)
     assert restarted.files_read_at_start == 5
     assert {s.status for s in restarted.summaries()} == {"success"}
@@ -194,8 +239,8 @@ def test_server_saves_the_snapshot_when_stopped_with_sigterm(live_server_factory
     snapshot_path(store_dir).unlink(missing_ok=True)
     server.process.terminate()
     assert server.process.wait(timeout=20) == 0
-    header = snapshot_path(store_dir).read_text().splitlines()[0]
-    assert json.loads(header)["runs"] == 3
+    header, rows = snapshot_rows(store_dir)
+    assert header["runs"] == len(rows) == 3
 
 
 def mixed_folder(store_dir: Path) -> None:
@@ -425,8 +470,7 @@ def test_the_snapshot_lists_runs_newest_first(store_dir):
     store = aged_store(store_dir, count=30)
     store.save(run_record("late", "db", "success", 999_999, 1))
     store.close()
-    _, *lines = snapshot_path(store_dir).read_text().splitlines()
-    received = [row[5] for line in lines for row in json.loads(line)]
+    received = [row[5] for row in snapshot_rows(store_dir)[1]]
     assert len(received) == 31
     assert received == sorted(received, reverse=True)
 
