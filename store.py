@@ -1775,6 +1775,9 @@ class _Watcher:
         self._store = store
         self._stop = threading.Event()
         self._inotify = None
+        # The folder at the store's path when it was last looked at; taken before the watch
+        # (see _watch_folder). Polling compares it too, to move the folder lock after a restore.
+        self._watched = self._folder_identity()
         try:
             import inotify_simple
 
@@ -1791,7 +1794,6 @@ class _Watcher:
                 | f.MOVE_SELF
                 | f.ONLYDIR
             )
-            self._watched = self._folder_identity()  # before the watch: see _watch_folder
             self._wd: int | None = self._inotify.add_watch(store.directory, self._mask)
             self._overflow = f.Q_OVERFLOW
             # A run file closed after writing was written in place (cp, an editor): the API
@@ -1878,6 +1880,10 @@ class _Watcher:
     def _poll(self, folder_was_there: bool) -> None:
         """Without inotify: rescan the folder, or, while it is gone, hold no runs."""
         if os.path.isdir(self._store.directory):
+            identity = self._folder_identity()
+            if identity != self._watched:  # another folder is at the path: a restore
+                self._watched = identity
+                self._store.lock_new_folder()
             self._store.rescan()
             return
         # One warning, not a traceback every second, while a restore is under way.

@@ -782,16 +782,21 @@ def test_store_folder_gone_for_a_while_is_followed_once_it_is_back(
     assert "store watcher error" not in caplog.text
 
 
-def test_without_inotify_the_folder_is_polled_and_may_go_and_come_back(
-    start_client, store_dir, caplog, monkeypatch
-):
-    """Where inotify is missing (or out of instances) the store is re-read every second."""
+def without_inotify(monkeypatch) -> None:
+    """Make every store built from now on fall back to polling, as on a system without inotify."""
     import inotify_simple
 
     def no_inotify():
         raise OSError(errno.EMFILE, "no inotify instance left")  # what a full quota gives
 
     monkeypatch.setattr(inotify_simple, "INotify", no_inotify)
+
+
+def test_without_inotify_the_folder_is_polled_and_may_go_and_come_back(
+    start_client, store_dir, caplog, monkeypatch
+):
+    """Where inotify is missing (or out of instances) the store is re-read every second."""
+    without_inotify(monkeypatch)
     client = start_client()
     assert client.application.extensions["store"].watching == "polling"
 
@@ -867,13 +872,16 @@ def test_a_lock_left_by_a_dying_registrys_loaders_is_waited_for(store_dir):
         holder.stdout.close()
 
 
-def test_the_lock_moves_to_a_restored_folder(store_dir, tmp_path):
+@pytest.mark.parametrize("watching", ["inotify", "polling"])
+def test_the_lock_moves_to_a_restored_folder(store_dir, tmp_path, monkeypatch, watching):
     """A restore replaces the folder (mv store store.old; cp -a backup store): the registry
     follows the new one, and so must its lock, or a second registry could start on it."""
+    if watching == "polling":
+        without_inotify(monkeypatch)
     store_dir.mkdir()
     store = store_module.RunStore(store_dir, exclusive=True)
     try:
-        assert store.watching == "inotify"
+        assert store.watching == watching
         assert held_elsewhere(store_dir)
         old = tmp_path / "store.old"
         store_dir.rename(old)
