@@ -192,14 +192,23 @@ def format_size(size: int | None, *, trim: bool = False) -> str:
     value = float(size)
     for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         value /= 1024
-        if value < 1024 or unit == "EiB":
+        number = _three_significant_digits(value)
+        # Judged after rounding: 1,048,575 bytes is "1.00 MiB", not "1024 KiB".
+        if float(number) < 1024 or unit == "EiB":
             break
-    # Three significant digits: 1.23 GiB, 12.3 GiB, 123 GiB.
-    decimals = 2 if value < 10 else 1 if value < 100 else 0
-    number = f"{value:.{decimals}f}"
     if trim and "." in number:
         number = number.rstrip("0").rstrip(".")
     return f"{number} {unit}"
+
+
+def _three_significant_digits(value: float) -> str:
+    """Format a value of 1 or more as 1.23, 12.3 or 123, the digits counted after rounding."""
+    number = f"{value:.2f}"
+    if float(number) >= 10:
+        number = f"{value:.1f}"  # 9.999 is "10.0", not "10.00"
+    if float(number) >= 100:
+        number = f"{value:.0f}"
+    return number
 
 
 def format_duration(seconds: float | None) -> str:

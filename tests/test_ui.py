@@ -854,6 +854,10 @@ def test_docs_list_parameters_headers_auth_fields_and_curl(app, client):
         (1023, "1023 B"),
         (1024, "1.00 KiB"),
         (1536, "1.50 KiB"),
+        (10239, "10.0 KiB"),  # rounds to 10.0: three digits, not "10.00"
+        (102399, "100 KiB"),
+        (1024**2 - 1, "1.00 MiB"),  # rounds to 1024 KiB, which is the next unit
+        (GIB - 1, "1.00 GiB"),
         (15 * 1024**2, "15.0 MiB"),
         (GIB, "1.00 GiB"),
         (412 * GIB, "412 GiB"),
