@@ -757,6 +757,9 @@ class RunStore:
         self._version = 0
         self._warned: dict[str, tuple | None] = {}
         self._failing: set[str] = set()  # names follow() could not check; retried
+        # Ids delete() was asked for lately, and when: the dashboard's "Run X was deleted"
+        # notice takes X from its address, and must name only a deletion that happened.
+        self._deletions: OrderedDict[str, float] = OrderedDict()
         self._dir_syncer = _DirectorySyncer(self.directory)
         self._temp_token = uuid.uuid4().hex[:12]
         self._temp_numbers = count()
@@ -924,9 +927,19 @@ class RunStore:
                 raise _store_error(exc, "delete") from exc
             with self._lock:
                 self._remove(run_id)
+                self._deletions.pop(run_id, None)
+                self._deletions[run_id] = time.monotonic()
+                if len(self._deletions) > RECENT_DELETIONS_KEPT:
+                    self._deletions.popitem(last=False)
         if existed:
             self._sync_directory()
         return existed
+
+    def deleted_lately(self, run_id: str, within_seconds: float = 600.0) -> bool:
+        """Tell whether delete() was asked for run_id in the last within_seconds."""
+        with self._lock:
+            asked_at = self._deletions.get(run_id)
+        return asked_at is not None and time.monotonic() - asked_at <= within_seconds
 
     def _id_lock(self, run_id: str) -> threading.Lock:
         """Return the lock that orders writes to run_id; take it before the store's lock."""
@@ -1482,6 +1495,7 @@ class RunStore:
 RACY_NS = 2_000_000_000
 LOCK_WAIT_SECONDS = 2.0  # for the store folder's lock held by a dead registry's loaders
 ID_LOCK_STRIPES = 64
+RECENT_DELETIONS_KEPT = 256  # for the dashboard's deletion notice (see deleted_lately)
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
 

@@ -550,12 +550,12 @@ def deletion_notice() -> str | None:
     """Return the run id the Delete button just removed, for the notice, or None.
 
     The address says which run that was, and anyone can send the operator an address: the
-    notice names only a run id that could exist and is indeed not in the store, never any
-    text at all ("Run 'Call +1 555...' was deleted").
+    notice names only a run this registry was asked to delete in the last few minutes, and
+    that is indeed not in the store, never any text at all ("Run 'Call +1 555...' was
+    deleted"), which would pass for a run id.
     """
     run_id = request.args.get("deleted")
-    longest = current_app.extensions["validator"].schema["properties"]["run_id"]["maxLength"]
-    if not run_id or len(run_id) > longest or run_id in _store():
+    if not run_id or run_id in _store() or not _store().deleted_lately(run_id):
         return None
     return run_id
 

@@ -286,8 +286,12 @@ def test_a_text_direction_control_in_stored_text_reorders_only_that_text(
     live_server_factory, page: Page, tmp_path: Path
 ):
     """U+202E in a job name copied into the store must not reverse the page's own words."""
-    write_runs(tmp_path / "store", [make_run("rlo", job_name="\u202epostgres")])
+    # The API refuses such text in a report; files copied in may hold it, and can be deleted.
+    runs = [make_run("rlo", job_name="\u202epostgres"), make_run("\u202er1")]
+    write_runs(tmp_path / "store", runs)
     server = live_server_factory(store_dir=tmp_path / "store")
+    deleted = requests.delete(server.url + "/v1/backup-runs/%E2%80%AEr1", timeout=10)
+    assert deleted.status_code == 204
 
     page.goto(server.url + "/run/rlo")
     crumbs = page.locator("nav.breadcrumb")

@@ -7,7 +7,7 @@ import html
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 from conftest import make_run
@@ -394,18 +394,33 @@ def test_a_run_id_too_long_to_store_gets_the_no_such_run_page(client):
 
 
 def test_deleted_notice_shows_the_run_id_as_text(client):
-    text = page(client, "/?deleted=" + XSS)
+    report(client, XSS)
+    assert client.delete(RUNS + "/" + quote(XSS, safe="")).status_code == 204
+    text = page(client, "/?" + urlencode({"deleted": XSS}))
     assert "<script>" not in text
     assert "was deleted" in text and escape(XSS) in text
 
 
 @pytest.mark.parametrize(
     "deleted",
-    ["run-1", "Your registry is compromised. " * 10],  # still there; no run id is that long
+    [
+        "run-1",  # still there
+        "Call +1 555 0100 now: your backups are compromised",  # could be a run id, never was
+        "Your registry is compromised. " * 10,
+        " ",
+    ],
 )
-def test_no_deleted_notice_for_a_run_that_is_there_or_text_that_is_no_run_id(client, deleted):
+def test_no_deleted_notice_for_a_run_that_is_there_or_was_never_deleted(client, deleted):
     report(client, "run-1")
     assert "was deleted" not in page(client, "/?" + urlencode({"deleted": deleted}))
+
+
+def test_the_deleted_notice_is_for_a_recent_deletion_only(client, app):
+    report(client, "gone")
+    assert client.delete(RUNS + "/gone").status_code == 204
+    assert "was deleted" in page(client, "/?deleted=gone")
+    app.extensions["store"]._deletions["gone"] -= 601  # as if deleted over ten minutes ago
+    assert "was deleted" not in page(client, "/?deleted=gone")
 
 
 # --- job monitoring (jobs.py) ----------------------------------------------------------------
