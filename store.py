@@ -46,6 +46,9 @@ from sortedcontainers import SortedList
 log = logging.getLogger("backup_registry.store")
 
 STATUSES = ("success", "failure", "partial")
+# schema.json's range for bytes_backed_up: a file copied in must keep to it as a POST does (a
+# size of 10**400 made /metrics and the dashboard fail on the float conversion).
+MAX_BYTES = 2**63 - 1
 FILE_SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".tmp"
@@ -235,6 +238,8 @@ class RunSummary:
         size = run.get("bytes_backed_up")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
             raise ValueError("bytes_backed_up is not an integer")
+        if size is not None and not 0 <= size <= MAX_BYTES:
+            raise ValueError(f"bytes_backed_up is out of range (0 to {MAX_BYTES})")
         self.run_id = run_id
         # Interning shares one copy of each job and agent name across a million runs.
         self.job_name = sys.intern(run["job_name"])
@@ -1669,6 +1674,7 @@ class _IndexSnapshot:
             )
             not in _ROW_TAIL_TYPES
             or not MIN_US <= received <= MAX_US
+            or (backed_up is not None and not 0 <= backed_up <= MAX_BYTES)
             or not (MIN_TS <= start <= MAX_TS and MIN_TS <= end <= MAX_TS)  # nor NaN
         ):
             raise ValueError("malformed row")

@@ -351,6 +351,27 @@ def test_a_file_the_listing_skips_is_not_served_by_get_either(start_client, stor
     assert client.get("/run/bare").status_code == 404
 
 
+@pytest.mark.parametrize("size", ["1" + "0" * 400, "-5", str(2**63)])
+def test_a_file_whose_size_a_post_could_not_hold_is_skipped(start_client, store_dir, caplog, size):
+    """A size past what a float holds made /metrics and the dashboard answer 500."""
+    store_dir.mkdir()
+    drop_in(
+        store_dir,
+        "huge.json",
+        json.dumps(stored_run("huge", bytes_backed_up=7)).replace(
+            '"bytes_backed_up": 7', f'"bytes_backed_up": {size}'
+        ),
+    )
+    drop_in(store_dir, "largest.json", stored_run("largest", bytes_backed_up=2**63 - 1))
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == ["largest"]
+    assert "bytes_backed_up is out of range" in warnings_about(caplog, "huge.json")[0]
+    for page in ["/metrics", "/", "/v1/jobs"]:
+        assert client.get(page).status_code == 200, page
+
+
 @pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e400"])
 def test_a_file_holding_a_number_json_has_not_is_skipped(start_client, store_dir, caplog, number):
     """Served as it is, its bytes would not be JSON: a client's parser would fail on it."""
