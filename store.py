@@ -250,7 +250,10 @@ class RunSummary:
         self.received_us = to_micros(_timestamp_field(run, "received_at"))
         self.bytes_backed_up = size
         self.encrypted = effective_encryption(run)
-        self.encryption_status = run.get("encryption_status")
+        # Text or nothing, as the snapshot's rows must be: a file copied in with `true` here
+        # made every later snapshot unusable (its row failed the snapshot's own check).
+        encryption_status = run.get("encryption_status")
+        self.encryption_status = encryption_status if isinstance(encryption_status, str) else None
         error = run.get("error")
         self.error = error if isinstance(error, str) else None
         self.signature = signature

@@ -115,6 +115,25 @@ def test_a_broken_snapshot_is_ignored_and_rewritten(store_dir, content, caplog):
     assert RunStore(store_dir, watch=False).files_read_at_start == 0
 
 
+@pytest.mark.parametrize("encryption_status", [True, 5, {"state": "encrypted"}])
+def test_a_run_with_an_odd_field_still_leaves_a_usable_snapshot(store_dir, encryption_status):
+    """A file copied in with encryption_status: true is listed, and its row written to the
+    snapshot failed the snapshot's own check: no restart used a snapshot again."""
+    store = aged_store(store_dir)
+    odd = run_record("odd", "db", "success", 9, 1)
+    (store_dir / "odd.json").write_text(json.dumps({**odd, "encryption_status": encryption_status}))
+    an_hour_ago = time.time() - 3600
+    os.utime(store_dir / "odd.json", (an_hour_ago, an_hour_ago))
+    store.rescan()
+    assert "odd" in store
+    store.close()
+
+    restarted = RunStore(store_dir, watch=False)
+
+    assert restarted.files_read_at_start == 0
+    assert len(restarted) == 6
+
+
 def test_a_row_changed_on_disk_fails_its_digest_and_is_not_trusted(store_dir, caplog):
     """A changed byte that leaves well-formed JSON of the right types is still caught."""
     original = aged_store(store_dir)
@@ -172,6 +191,8 @@ def write_snapshot(folder: Path, header: dict, rows: list[list]) -> None:
         (10, False),  # end_ts
         (11, 1.5),  # bytes_backed_up
         (11, True),  # bytes_backed_up
+        (11, -1),  # bytes_backed_up, below what a POST may send
+        (11, 2**63),  # bytes_backed_up, above it
         (12, "yes"),  # encrypted
         (12, 1),  # encrypted
         (13, 0),  # encryption_status
