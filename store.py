@@ -38,7 +38,7 @@ from itertools import count, islice, product
 from operator import attrgetter
 from pathlib import Path
 from types import NoneType
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 from urllib.parse import quote, unquote
 
 from sortedcontainers import SortedList
@@ -1602,7 +1602,7 @@ class _IndexSnapshot:
         """Return run_id -> snapshot row for every trustworthy row, or {} if there are none."""
         rows: dict[str, list] = {}
         try:
-            with open(self.path, "rb") as handle:
+            with self._open() as handle:
                 header = self._verified(handle.readline())
                 if not isinstance(header, dict):
                     raise ValueError("no header")
@@ -1620,6 +1620,19 @@ class _IndexSnapshot:
             log.warning("index snapshot %s unusable (%s); reading every run file", self.path, exc)
             return {}
         return rows
+
+    def _open(self) -> BinaryIO:
+        """Open the snapshot for reading; raise ValueError if it is no regular file."""
+        # O_NONBLOCK: a FIFO left at the snapshot's path would otherwise hang the start for good.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     @staticmethod
     def line(payload: object) -> bytes:

@@ -153,6 +153,23 @@ def test_a_row_changed_on_disk_fails_its_digest_and_is_not_trusted(store_dir, ca
     assert RunStore(store_dir, watch=False).files_read_at_start == 0
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_something_other_than_a_file_at_the_snapshot_path_is_no_snapshot(store_dir, kind, caplog):
+    """A FIFO there hung the start for good, waiting for a writer."""
+    aged_store(store_dir).close()
+    snapshot_path(store_dir).unlink()
+    if kind == "fifo":
+        os.mkfifo(snapshot_path(store_dir))
+    else:
+        snapshot_path(store_dir).mkdir()
+
+    with caplog.at_level(logging.WARNING):
+        restarted = RunStore(store_dir, watch=False)
+
+    assert restarted.files_read_at_start == 5
+    assert "index snapshot" in caplog.text
+
+
 def snapshot_rows(folder: Path) -> tuple[dict, list[list]]:
     """The snapshot's header and its rows, each line's digest checked."""
     header, *lines = snapshot_path(folder).read_bytes().splitlines()
