@@ -57,6 +57,9 @@ TEMP_SUFFIX = ".tmp"
 STALE_TEMP_SECONDS = 600
 MAX_FILE_NAME_BYTES = 255
 RAW_CACHE_ENTRIES = 10_000  # JSON of the runs listed or saved most recently; a few MB
+# ...and never more bytes than this: a run may hold up to MAX_BODY_BYTES (1 MiB) of metadata
+# and error text, and 10,000 of those would be 10 GB.
+RAW_CACHE_BYTES = 32 * 1024 * 1024
 FILE_MODE = 0o644  # the umask still applies, so an operator can narrow it
 # The index keeps a sorted list of keys for each value of these (see RunStore._select).
 # field -> the value of a summary it is keyed by; a value of None is not indexed.
@@ -757,6 +760,7 @@ class RunStore:
         self._id_locks = tuple(threading.Lock() for _ in range(ID_LOCK_STRIPES))
         self._runs: dict[str, RunSummary] = {}
         self._raw_cache: OrderedDict[str, tuple[tuple, bytes]] = OrderedDict()
+        self._raw_cache_bytes = 0
         self._order = SortedList()
         # Posting lists: field -> value -> SortedList of keys, for fast filtered listings.
         self._postings: dict[str, dict] = {}
@@ -1032,10 +1036,20 @@ class RunStore:
 
     def _cache_raw(self, run_id: str, signature: tuple, raw: bytes) -> None:
         with self._lock:
+            self._uncache_raw(run_id)
             self._raw_cache[run_id] = (signature, raw)
-            self._raw_cache.move_to_end(run_id)
-            while len(self._raw_cache) > RAW_CACHE_ENTRIES:
-                self._raw_cache.popitem(last=False)
+            self._raw_cache_bytes += len(raw)
+            while (
+                len(self._raw_cache) > RAW_CACHE_ENTRIES or self._raw_cache_bytes > RAW_CACHE_BYTES
+            ):
+                _, (_, dropped) = self._raw_cache.popitem(last=False)
+                self._raw_cache_bytes -= len(dropped)
+
+    def _uncache_raw(self, run_id: str) -> None:
+        """Drop a run's bytes from the cache, if they are there. Caller holds the lock."""
+        cached = self._raw_cache.pop(run_id, None)
+        if cached is not None:
+            self._raw_cache_bytes -= len(cached[1])
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -1180,6 +1194,7 @@ class RunStore:
     def _remove(self, run_id: str) -> None:
         """Drop a run from every index structure, if it is there. Caller holds the lock."""
         summary = self._runs.pop(run_id, None)
+        self._uncache_raw(run_id)  # a deleted run's bytes held memory until pushed out
         if summary is None:
             return
         self._order.discard(summary.key)
@@ -1464,8 +1479,7 @@ class RunStore:
             # keeping its size: so a signature younger than RACY_NS proves nothing yet.
             self._forget_if_racy(summary, scan_started_ns or read_started)
             self._warned.pop(name, None)
-            self._raw_cache.pop(run_id, None)  # its signature may be the old bytes' too
-            self._put(summary)
+            self._put(summary)  # which drops the cached bytes: their signature may be ours too
 
     def follow(self, name: str, *args, **kwargs) -> None:
         """refresh() for the watcher: an error is logged, once, and the file tried again later.

@@ -553,3 +553,26 @@ def test_the_watcher_takes_the_events_of_a_burst_in_one_read(store_dir, monkeypa
         assert names == {"a.json", "b.json"}
     finally:
         watcher.stop()
+
+
+def test_the_cache_of_run_bytes_is_bounded_in_bytes_and_forgets_deleted_runs(
+    store_dir, monkeypatch
+):
+    """Runs may carry up to 1 MiB each: a cache bounded by count alone grew to gigabytes, and
+    kept deleted runs' bytes until they were pushed out."""
+    monkeypatch.setattr(store_module, "RAW_CACHE_BYTES", 50_000)
+    store = RunStore(store_dir, watch=False)
+    for number in range(20):
+        store.save({**run_record(f"r{number}", "db", "success", number, 1), "error": "x" * 10_000})
+
+    cached = store._raw_cache
+    assert 0 < len(cached) <= 5
+    assert store._raw_cache_bytes == sum(len(raw) for _, raw in cached.values()) <= 50_000
+    # Runs that no longer fit are read from their files, whole.
+    page = store.list_runs(RunQuery(limit=100))
+    assert [run["run_id"] for run in page.runs] == [f"r{n}" for n in reversed(range(20))]
+    assert all(len(run["error"]) == 10_000 for run in page.runs)
+
+    for number in range(20):
+        store.delete(f"r{number}")
+    assert not store._raw_cache and store._raw_cache_bytes == 0
