@@ -916,7 +916,7 @@ class RunStore:
             ) from None
         except OSError as exc:
             _unlink_quietly(temp)
-            raise _store_error(exc, "write") from exc
+            raise _store_error(exc, "write run") from exc
         if not ours:
             self.follow(name, run_id)  # index what the file holds now
         self._sync_directory()
@@ -931,12 +931,12 @@ class RunStore:
                 existed = True
             except FileNotFoundError as exc:
                 if not os.path.isdir(self._path):  # no folder: no telling whether it was there
-                    raise _store_error(exc, "delete") from exc
+                    raise _store_error(exc, "delete run") from exc
                 existed = False
             except IsADirectoryError:
                 existed = False  # a folder is no run (GET says 404): there is none to delete
             except OSError as exc:
-                raise _store_error(exc, "delete") from exc
+                raise _store_error(exc, "delete run") from exc
             with self._lock:
                 self._remove(run_id)
                 self._deletions.pop(run_id, None)
@@ -961,7 +961,7 @@ class RunStore:
         try:
             self._dir_syncer.sync()
         except OSError as exc:
-            raise _store_error(exc, "sync") from exc
+            raise _store_error(exc, "sync the store folder") from exc
 
     # --- reading ---
 
@@ -979,13 +979,13 @@ class RunStore:
             signature, raw = _read_file(self._path, name)
         except FileNotFoundError as exc:
             if not os.path.isdir(self._path):  # no folder: no telling whether the run exists
-                raise _store_error(exc, "read") from exc
+                raise _store_error(exc, "read run") from exc
             raise RunNotFound(run_id) from None
         except _NotARun as exc:
             self._warn_once(name, exc.signature, str(exc))
             raise RunNotFound(run_id) from None
         except OSError as exc:
-            raise _store_error(exc, "read") from exc
+            raise _store_error(exc, "read run") from exc
         try:
             # What the index demands of a run, so that GET serves only what listings show.
             RunSummary(_parse_run(raw), run_id, signature)
@@ -1011,7 +1011,7 @@ class RunStore:
                 try:
                     self.refresh(file_name_for(run_id), run_id)
                 except OSError as exc:
-                    raise _store_error(exc, "read") from exc
+                    raise _store_error(exc, "read run") from exc
         next_after = summaries[-1].key if len(keys) > query.limit else None
         return RunPage([raw for raw in raws if raw is not None], total, next_after)
 
@@ -1381,7 +1381,7 @@ class RunStore:
             with os.scandir(self._path) as entries:
                 return [entry.name for entry in entries]
         except OSError as exc:
-            raise _store_error(exc, "scan") from exc
+            raise _store_error(exc, "list the store folder") from exc
 
     def _run_files(self) -> Iterator[tuple[str, str]]:
         """Yield (file name, run id) for every run file in the folder, skipping all else."""
@@ -1548,9 +1548,12 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def _store_error(exc: OSError, action: str) -> StoreError:
-    """Map an OS error to the store's own: a full disk, or a store that is unavailable."""
+    """Map an OS error to the store's own: a full disk, or a store that is unavailable.
+
+    action says what failed, as in "cannot write run": "write run", "list the store folder".
+    """
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFull(f"cannot {action} run: the store's disk is full")
+        return StoreFull(f"cannot {action}: the store's disk is full")
     reason = {
         errno.EROFS: "the store is read-only",
         errno.EACCES: "permission denied on the store folder",
@@ -1558,7 +1561,7 @@ def _store_error(exc: OSError, action: str) -> StoreError:
         errno.EIO: "I/O error on the store's disk",
         errno.ENOENT: "the store folder is missing",
     }.get(exc.errno, exc.strerror or "unexpected OS error")
-    return StoreUnavailable(f"cannot {action} run: {reason}")
+    return StoreUnavailable(f"cannot {action}: {reason}")
 
 
 # The types the last six fields of a snapshot row may have, as snapshot_row writes them

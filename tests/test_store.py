@@ -142,6 +142,22 @@ def test_odd_ids_keep_the_folder_flat(start_client, store_dir, tmp_path):
     assert [path for path in beside if not path.name.startswith(".")] == []
 
 
+def test_a_folder_that_cannot_be_listed_says_so_at_start(store_dir, monkeypatch):
+    """A folder with mode 333 (writable, not readable): the start's one line said "cannot
+    scan run", as if one run were at fault."""
+    store_dir.mkdir()
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(store_module.os, "scandir", refuse)
+    with pytest.raises(store_module.StoreUnavailable) as raised:
+        store_module.RunStore(store_dir, watch=False)
+    assert str(raised.value) == (
+        "cannot list the store folder: permission denied on the store folder"
+    )
+
+
 def test_id_too_long_once_encoded_is_400(start_client, store_dir):
     client = start_client(WATCH_STORE=False)
 
