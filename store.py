@@ -1828,9 +1828,13 @@ class _Watcher:
         self._store = store
         self._stop = threading.Event()
         self._inotify = None
-        # The folder at the store's path when it was last looked at; taken before the watch
-        # (see _watch_folder). Polling compares it too, to move the folder lock after a restore.
+        # The folder at the store's path when it was last watched; taken before the watch
+        # (see _watch_folder).
         self._watched = self._folder_identity()
+        # The folder the store locked (RunStore locks before it builds the watcher). Kept
+        # apart from _watched: a restored folder may be served without a watch (polling, or
+        # out of inotify watches), and the lock must move to it all the same.
+        self._locked = self._watched
         try:
             import inotify_simple
 
@@ -1927,16 +1931,20 @@ class _Watcher:
             return False
         self.mode = "inotify"
         log.info("watching store folder %s again; rescanning it", self._store.directory)
-        self._store.lock_new_folder()
+        self._move_lock_if_replaced()
         return True
+
+    def _move_lock_if_replaced(self) -> None:
+        """Move the folder lock to the folder at the store's path, if it is another one now."""
+        identity = self._folder_identity()
+        if identity is not None and identity != self._locked:  # a restore replaced it
+            self._locked = identity
+            self._store.lock_new_folder()
 
     def _poll(self, folder_was_there: bool) -> None:
         """Without inotify: rescan the folder, or, while it is gone, hold no runs."""
         if os.path.isdir(self._store.directory):
-            identity = self._folder_identity()
-            if identity != self._watched:  # another folder is at the path: a restore
-                self._watched = identity
-                self._store.lock_new_folder()
+            self._move_lock_if_replaced()
             self._store.rescan()
             return
         # One warning, not a traceback every second, while a restore is under way.
@@ -1969,6 +1977,7 @@ class _Watcher:
                         continue
                     if not self._watch_folder():
                         if os.path.isdir(self._store.directory):
+                            self._move_lock_if_replaced()
                             self._store.rescan()  # back, but cannot be watched: poll it
                         continue
                     rescan_due = True
