@@ -1035,7 +1035,14 @@ class RunStore:
         return raw
 
     def _cache_raw(self, run_id: str, signature: tuple, raw: bytes) -> None:
+        if len(raw) > RAW_CACHE_BYTES // 8:
+            return  # a file copied in that large would push every other run out, then itself
         with self._lock:
+            summary = self._runs.get(run_id)
+            if summary is None or summary.signature != signature:
+                # Read without the lock: deleted or changed since, these bytes are no one's
+                # (cached, a deleted run's would stay until pushed out).
+                return
             self._uncache_raw(run_id)
             self._raw_cache[run_id] = (signature, raw)
             self._raw_cache_bytes += len(raw)

@@ -560,19 +560,36 @@ def test_the_cache_of_run_bytes_is_bounded_in_bytes_and_forgets_deleted_runs(
 ):
     """Runs may carry up to 1 MiB each: a cache bounded by count alone grew to gigabytes, and
     kept deleted runs' bytes until they were pushed out."""
-    monkeypatch.setattr(store_module, "RAW_CACHE_BYTES", 50_000)
+    monkeypatch.setattr(store_module, "RAW_CACHE_BYTES", 100_000)
     store = RunStore(store_dir, watch=False)
     for number in range(20):
         store.save({**run_record(f"r{number}", "db", "success", number, 1), "error": "x" * 10_000})
 
     cached = store._raw_cache
-    assert 0 < len(cached) <= 5
-    assert store._raw_cache_bytes == sum(len(raw) for _, raw in cached.values()) <= 50_000
+    assert 0 < len(cached) <= 10
+    assert store._raw_cache_bytes == sum(len(raw) for _, raw in cached.values()) <= 100_000
     # Runs that no longer fit are read from their files, whole.
     page = store.list_runs(RunQuery(limit=100))
     assert [run["run_id"] for run in page.runs] == [f"r{n}" for n in reversed(range(20))]
     assert all(len(run["error"]) == 10_000 for run in page.runs)
+    # One run larger than an eighth of the cache is never cached: it would push out the rest.
+    kept = set(cached)
+    store.save({**run_record("big", "db", "success", 99, 1), "error": "x" * 20_000})
+    assert "big" not in cached and set(cached) == kept
 
     for number in range(20):
         store.delete(f"r{number}")
     assert not store._raw_cache and store._raw_cache_bytes == 0
+
+
+def test_bytes_read_for_a_run_deleted_meanwhile_are_not_cached(store_dir):
+    """A listing reads a run's file without the lock; a delete may land before it caches the
+    bytes, which then stayed in the cache for good."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("r1", "db", "success", 1, 1))
+    signature, raw = store._read_raw("r1", "r1.json")  # what a listing read
+    store.delete("r1")  # lands before the listing caches it
+
+    store._cache_raw("r1", signature, raw)
+
+    assert "r1" not in store._raw_cache and store._raw_cache_bytes == 0
