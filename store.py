@@ -1348,7 +1348,11 @@ class RunStore:
             # An I/O error may pass: the watcher tries these files again, as it does its own.
             self._failing.update(checked.failed)
         self.files_read_at_start = run_files - len(kept)
-        snapshot_is_current = self.files_read_at_start == 0 and len(kept) == len(snapshot)
+        snapshot_is_current = (
+            self.files_read_at_start == 0
+            and len(kept) == len(snapshot)
+            and not self._snapshot.refused
+        )
         for row in snapshot.values():
             if row[4] in kept:
                 summary = RunSummary.from_snapshot_row(row)
@@ -1619,12 +1623,14 @@ class _IndexSnapshot:
         directory = Path(os.path.abspath(directory))
         self.path = directory.parent / f".{directory.name}.index-snapshot"
         self.version = -1  # the index version last written
+        self.refused = False  # whether load() found a snapshot it could not use
         # What write() names its temp files, and nothing else: only those are ever swept.
         self._temp_name = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{32}\.tmp")
 
     def load(self) -> dict[str, list]:
         """Return run_id -> snapshot row for every trustworthy row, or {} if there are none."""
         rows: dict[str, list] = {}
+        self.refused = False
         try:
             with self._open() as handle:
                 header = self._verified(handle.readline())
@@ -1642,6 +1648,7 @@ class _IndexSnapshot:
             return {}
         except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
             log.warning("index snapshot %s unusable (%s); reading every run file", self.path, exc)
+            self.refused = True  # to be written again, even for a store with no runs
             return {}
         return rows
 

@@ -170,6 +170,22 @@ def test_something_other_than_a_file_at_the_snapshot_path_is_no_snapshot(store_d
     assert "index snapshot" in caplog.text
 
 
+def test_a_refused_snapshot_of_an_empty_store_is_written_again(store_dir, caplog):
+    """With no run file to read, a start counted a refused snapshot as current: an old-format
+    one was never replaced, and every start warned about it."""
+    store_dir.mkdir()
+    snapshot_path(store_dir).write_bytes(b'{"format": 1, "written_ns": 1}\n[]\n')
+
+    RunStore(store_dir, watch=False).close()
+
+    header, rows = snapshot_rows(store_dir)
+    assert header["format"] == store_module._IndexSnapshot.FORMAT and rows == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        RunStore(store_dir, watch=False).close()
+    assert "index snapshot" not in caplog.text
+
+
 def snapshot_rows(folder: Path) -> tuple[dict, list[list]]:
     """The snapshot's header and its rows, each line's digest checked."""
     header, *lines = snapshot_path(folder).read_bytes().splitlines()
