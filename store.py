@@ -769,7 +769,7 @@ class RunStore:
         self._version = 0
         self._warned: dict[str, tuple | None] = {}
         self._failing: set[str] = set()  # names follow() could not check; retried
-        # Ids delete() was asked for lately, and when: the dashboard's "Run X was deleted"
+        # Ids delete() removed lately, and when: the dashboard's "Run X was deleted"
         # notice takes X from its address, and must name only a deletion that happened.
         self._deletions: OrderedDict[str, float] = OrderedDict()
         self._dir_syncer = _DirectorySyncer(self.directory)
@@ -939,16 +939,17 @@ class RunStore:
                 raise _store_error(exc, "delete run") from exc
             with self._lock:
                 self._remove(run_id)
-                self._deletions.pop(run_id, None)
-                self._deletions[run_id] = time.monotonic()
-                if len(self._deletions) > RECENT_DELETIONS_KEPT:
-                    self._deletions.popitem(last=False)
+                if existed:  # a DELETE of any text answers 204: only a real run counts
+                    self._deletions.pop(run_id, None)
+                    self._deletions[run_id] = time.monotonic()
+                    if len(self._deletions) > RECENT_DELETIONS_KEPT:
+                        self._deletions.popitem(last=False)
         if existed:
             self._sync_directory()
         return existed
 
     def deleted_lately(self, run_id: str, within_seconds: float = 600.0) -> bool:
-        """Tell whether delete() was asked for run_id in the last within_seconds."""
+        """Tell whether delete() removed run_id in the last within_seconds."""
         with self._lock:
             asked_at = self._deletions.get(run_id)
         return asked_at is not None and time.monotonic() - asked_at <= within_seconds

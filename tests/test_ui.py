@@ -415,6 +415,13 @@ def test_no_deleted_notice_for_a_run_that_is_there_or_was_never_deleted(client, 
     assert "was deleted" not in page(client, "/?" + urlencode({"deleted": deleted}))
 
 
+def test_no_deleted_notice_for_an_id_whose_delete_found_no_run(client):
+    """DELETE answers 204 for any id; that must not let it put text in the notice."""
+    sentence = "Call +1 555 0100 now: your backups are compromised"
+    assert client.delete(RUNS + "/" + quote(sentence, safe="")).status_code == 204
+    assert "was deleted" not in page(client, "/?" + urlencode({"deleted": sentence}))
+
+
 def test_the_deleted_notice_is_for_a_recent_deletion_only(client, app):
     report(client, "gone")
     assert client.delete(RUNS + "/gone").status_code == 204
