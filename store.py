@@ -769,6 +769,7 @@ class RunStore:
         self._version = 0
         self._warned: dict[str, tuple | None] = {}
         self._failing: set[str] = set()  # names follow() could not check; retried
+        self._racy: dict[str, int] = {}  # run id -> when its file is old enough to trust (ns)
         # Ids delete() removed lately, and when: the dashboard's "Run X was deleted"
         # notice takes X from its address, and must name only a deletion that happened.
         self._deletions: OrderedDict[str, float] = OrderedDict()
@@ -1423,15 +1424,28 @@ class RunStore:
             self._warn_once(name, exc.signature, str(exc))
             return None
 
-    @staticmethod
-    def _forget_if_racy(summary: RunSummary, scan_started_ns: int | None) -> None:
-        """Drop the signature of a file modified just before a scan, so the next scan re-reads it.
+    def _forget_if_racy(self, summary: RunSummary, scan_started_ns: int | None) -> None:
+        """Drop the signature of a file modified just before a scan, so it is read again.
 
         A file changed twice within the file system's timestamp resolution, keeping its size,
-        keeps its stat signature ("racy" stat), so that signature proves nothing yet.
+        keeps its stat signature ("racy" stat), so that signature proves nothing yet. Caller
+        holds the lock, or is the start, before any other thread runs.
         """
         if scan_started_ns is not None and summary.signature[2] >= scan_started_ns - RACY_NS:
+            # Read again once RACY_NS old (settle_racy): with no signature, its bytes were
+            # read from disk at every listing and it was left out of every snapshot.
+            self._racy[summary.run_id] = summary.signature[2] + RACY_NS
             summary.signature = None
+
+    def settle_racy(self) -> None:
+        """Read again each run whose signature was too young to trust, once it is old enough."""
+        now = time.time_ns()
+        with self._lock:
+            due = [run_id for run_id, trusted_at in self._racy.items() if trusted_at < now]
+            for run_id in due:
+                del self._racy[run_id]
+        for run_id in due:
+            self.follow(file_name_for(run_id), run_id)  # which notes it again if still young
 
     def refresh(
         self,
@@ -1961,6 +1975,7 @@ class _Watcher:
         if os.path.isdir(self._store.directory):
             self._move_lock_if_replaced()
             self._store.rescan()
+            self._store.settle_racy()  # rescan re-read them: this only empties the list
             return
         # One warning, not a traceback every second, while a restore is under way.
         if folder_was_there:
@@ -2030,6 +2045,7 @@ class _Watcher:
                 if time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + self.RETRY_SECONDS
                     self._store.retry_failed()
+                    self._store.settle_racy()
             except Exception:
                 # The watcher must outlive one bad moment (a folder briefly gone, say).
                 log.exception("store watcher error; retrying")

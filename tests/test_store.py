@@ -158,6 +158,26 @@ def test_a_folder_that_cannot_be_listed_says_so_at_start(store_dir, monkeypatch)
     )
 
 
+@pytest.mark.parametrize("watching", ["inotify", "polling"])
+def test_a_run_copied_in_is_trusted_once_its_file_is_old_enough(store_dir, monkeypatch, watching):
+    """A file seconds old may still be rewritten within one timestamp tick, so its signature is
+    not trusted at first; it stayed so under inotify, its bytes read from disk at every
+    listing, and it was left out of every snapshot."""
+    if watching == "polling":
+        without_inotify(monkeypatch)
+    store_dir.mkdir()
+    store = store_module.RunStore(store_dir)
+    try:
+        drop_in(store_dir, "copied.json", stored_run("copied"))
+        eventually(lambda: "copied" in store)
+        assert store._runs["copied"].signature is None  # seconds old: not yet
+        eventually(lambda: store._runs["copied"].signature is not None, timeout=8)
+        assert not store._racy
+    finally:
+        store.close()
+    assert store_module.RunStore(store_dir, watch=False).files_read_at_start == 0
+
+
 def test_id_too_long_once_encoded_is_400(start_client, store_dir):
     client = start_client(WATCH_STORE=False)
 
