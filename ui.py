@@ -550,9 +550,10 @@ def deletion_notice() -> str | None:
     """Return the run id the Delete button just removed, for the notice, or None.
 
     The address says which run that was, and anyone can send the operator an address: the
-    notice names only a run this registry was asked to delete in the last few minutes, and
-    that is indeed not in the store, never any text at all ("Run 'Call +1 555...' was
-    deleted"), which would pass for a run id.
+    notice names only a run this registry removed in the last ten minutes and that is not
+    back, never any text at all ("Run 'Call +1 555...' was deleted"), which would pass for a
+    run id. Someone with API credentials could still post such a run, delete it and send the
+    link; they can show that text as a run id on the dashboard anyway.
     """
     run_id = request.args.get("deleted")
     if not run_id or run_id in _store() or not _store().deleted_lately(run_id):
