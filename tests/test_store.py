@@ -188,6 +188,17 @@ def test_id_too_long_once_encoded_is_400(start_client, store_dir):
     assert list(store_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_reading_or_deleting_an_id_too_long_once_encoded_is_400(start_client, method):
+    client = start_client(WATCH_STORE=False)
+
+    response = client.open(f"{RUNS}/{quote('é' * 100, safe='')}", method=method)
+
+    # Wrong, not missing (README): a 404 or 204 would tell a script the id could exist.
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("run_id: too long once encoded")
+
+
 # --- atomic writes ---------------------------------------------------------------------------
 
 
