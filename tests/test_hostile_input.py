@@ -19,6 +19,7 @@ import pytest
 import requests
 from conftest import LiveServer, make_run
 
+import app as app_module
 import store as store_module
 from app import create_app
 
@@ -519,3 +520,28 @@ def test_a_backup_url_that_is_not_http_is_refused(make_client, url):
 
     assert response.status_code == 400
     assert response.json["error"].startswith("backup_url: ")
+
+
+# --- patterns that must not backtrack ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "prefix"),
+    [("run_id", ""), ("job_name", ""), ("agent_id", " "), ("backup_url", "https://")],
+)
+def test_a_long_field_with_a_bad_last_character_is_refused_at_once(field, prefix):
+    """jsonschema runs a pattern even on a string already over its maxLength, and re holds the
+    GIL for the whole match: a pattern that backtracks on the length froze every request (the
+    earlier patterns took about 10 s on 40,000 characters, growing with the square)."""
+    validator = app_module.shared_validator()
+    report = make_run(**{field: prefix + "a" * 60_000 + "\u0001"})
+
+    started = time.perf_counter()
+    with pytest.raises(app_module.ApiError) as refused:
+        validator.clean(report)
+    elapsed = time.perf_counter() - started
+
+    assert f"{field}: " in str(refused.value)
+    # A linear match takes milliseconds; the quadratic one about 20 s. The bound only has to
+    # tell the two apart on a slow, shared CI machine.
+    assert elapsed < 2.0
