@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -278,15 +279,59 @@ def _is_date_time(value: object) -> bool:
     return True
 
 
+def _ecma_end_anchors(pattern: str) -> str:
+    r"""Spell each `$` anchor of a JSON Schema pattern as `\Z`: the end of the text, as in ECMA-262.
+
+    In ECMA-262, which JSON Schema's patterns follow, `$` is the end of the text. Python's `$`
+    also matches before a final newline, so "postgres\n" passed `^[^controls]+$` and a run id
+    ending in a newline was stored. Only anchors change: escapes and classes are copied.
+    """
+    parts: list[str] = []
+    in_class = False
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            parts.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        parts.append(char)
+        index += 1
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _ecma_regex(pattern: str) -> re.Pattern:
+    return re.compile(_ecma_end_anchors(pattern))
+
+
+def _ecma_pattern(validator, pattern: str, instance: object, schema: dict):
+    """The `pattern` keyword of JSON Schema, with `$` as ECMA-262 reads it (see above)."""
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 2020-12 in every other respect; openapi.json's clients and schemathesis read `$` so.
+SchemaValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern}
+)
+
+
 class RunValidator:
     """Checks a run report against schema.json, built once, and explains each failure."""
 
     def __init__(self, schema_path: Path = SCHEMA_PATH):
         self.schema = json.loads(schema_path.read_text(encoding="utf-8"))
-        jsonschema.Draft202012Validator.check_schema(self.schema)
+        SchemaValidator.check_schema(self.schema)
         formats = jsonschema.FormatChecker(formats=())
         formats.checks("date-time")(_is_date_time)
-        self._validator = jsonschema.Draft202012Validator(self.schema, format_checker=formats)
+        self._validator = SchemaValidator(self.schema, format_checker=formats)
         self.fields = tuple(self.schema["properties"])
 
     def clean(self, data: object) -> dict:

@@ -166,6 +166,8 @@ REJECTED_IDS = [
     pytest.param("x\x00y", id="nul"),
     pytest.param("\x00", id="only-nul"),
     pytest.param("a\nb", id="newline"),
+    # Python's `$` also matches before a final newline; the schema's patterns mean ECMA-262's.
+    pytest.param("a\n", id="trailing-newline"),
     pytest.param("a" * 201, id="201-chars"),
     pytest.param("a" * 100_000, id="100k-chars"),
     pytest.param("\u20ac" * 100, id="too-long-encoded"),
@@ -545,3 +547,20 @@ def test_a_long_field_with_a_bad_last_character_is_refused_at_once(field, prefix
     # A linear match takes milliseconds; the quadratic one about 20 s. The bound only has to
     # tell the two apart on a slow, shared CI machine.
     assert elapsed < 2.0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "matches"),
+    [
+        ("^a$", "a", True),
+        ("^a$", "a\n", False),  # Python's own `$` says True
+        (r"^a\$$", "a$", True),  # an escaped `$` is a dollar sign
+        ("^[$]a$", "$a", True),  # so is one in a class
+        ("^(a$|b)", "a\n", False),
+        ("^(a$|b)", "b\n", True),  # not anchored: the newline may follow
+    ],
+)
+def test_schema_patterns_read_dollar_as_ecma_262_does(pattern, text, matches):
+    validator = app_module.SchemaValidator({"type": "string", "pattern": pattern})
+
+    assert validator.is_valid(text) is matches

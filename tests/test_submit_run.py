@@ -165,6 +165,9 @@ def test_overwrite_keeps_one_file(client, store_dir):
         ("job_name", "\u202eyliad-sergtsop"),  # shows as "postgres-daily": a lookalike
         ("agent_id", "db\u2067-01"),  # a right-to-left isolate
         ("run_id", "run\u200f-1"),  # a right-to-left mark
+        ("job_name", "postgres\n"),  # Python's `$` would match before the newline
+        ("agent_id", "db-01\n"),
+        ("backup_url", "https://backups.example/x\n"),
         ("start_time", MISSING),
         ("start_time", "yesterday"),
         ("start_time", "2026-05-12"),
