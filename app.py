@@ -409,6 +409,22 @@ def _is_loopback(address: str | None) -> bool:
     return (mapped or peer).is_loopback
 
 
+def _names_loopback(host: str) -> bool:
+    """Tell whether a Host header names this machine's loopback: localhost, or such an address.
+
+    A web page whose own name its author re-points at 127.0.0.1 (DNS rebinding) reaches us
+    from loopback, yet its requests carry its own name, and its Origin that same name: only
+    the Host header tells it from a local script or a browser opened on localhost.
+    """
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    except ValueError:  # 'http://[' and the like
+        return False
+    if name == "localhost" or name.endswith(".localhost"):  # loopback by RFC 6761
+        return True
+    return _is_loopback(name)
+
+
 def _matches(candidate: str, secrets: tuple[str, ...]) -> bool:
     """Compare candidate with every secret in constant time; no early exit leaks which matched."""
     given = candidate.encode("utf-8", "surrogateescape")
@@ -437,6 +453,7 @@ def authenticate() -> str | None:
         config["LOCALHOST_BYPASS"]
         and _is_loopback(request.environ.get("REMOTE_ADDR"))
         and not any(name in request.headers for name in PROXY_HEADERS)
+        and _names_loopback(request.headers.get("Host", ""))
     ):
         # Admitted, as the original admitted every local request; but an agent tested on
         # this host with a wrong token would pass here and fail from its own: say so.

@@ -140,12 +140,19 @@ def test_proxy_headers_turn_the_bypass_off(client, header):
     assert admitted.status_code == 200
 
 
-def test_host_header_plays_no_part(client):
+def test_the_bypass_needs_a_loopback_peer_and_a_loopback_host_name(client):
     remote_claiming_localhost = client.get(RUNS, headers={"Host": "localhost"}, environ_base=REMOTE)
-    loopback_with_public_host = client.get(RUNS, headers={"Host": "registry.example.com"})
+    # A page whose name was re-pointed at 127.0.0.1 (DNS rebinding) connects from loopback
+    # but names itself in Host.
+    rebound_page = client.get(RUNS, headers={"Host": "registry.example.com"})
+    local = [
+        client.get(RUNS, headers={"Host": host})
+        for host in ("localhost:8080", "127.0.0.1:8080", "[::1]:8080", "registry.localhost")
+    ]
 
     assert_401(remote_claiming_localhost)
-    assert loopback_with_public_host.status_code == 200
+    assert_401(rebound_page)
+    assert [response.status_code for response in local] == [200, 200, 200, 200]
 
 
 def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, caplog):

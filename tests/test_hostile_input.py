@@ -47,7 +47,7 @@ def raw_request(server: LiveServer, data: bytes, timeout: float = 10) -> tuple[i
 
 def get(path: bytes, *headers: bytes) -> bytes:
     """A raw GET request with the given header lines, closing the connection after it."""
-    lines = [b"GET " + path + b" HTTP/1.1", b"Host: registry", *headers, b"Connection: close"]
+    lines = [b"GET " + path + b" HTTP/1.1", b"Host: localhost", *headers, b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -411,11 +411,17 @@ def test_loopback_peer_with_a_proxy_header_gets_no_bypass(bypass_server, header)
     assert raw_request(bypass_server, get(RUNS.encode()))[0] == 200  # the bypass itself
 
 
-def test_forged_host_neither_grants_nor_denies_the_bypass(bypass_server, server):
-    """The Host header plays no part: a forged one changes nothing either way."""
-    for host in (b"Host: localhost", b"Host: evil.example", b"Host: 127.0.0.1"):
-        request = get(RUNS.encode()).replace(b"Host: registry", host)
-        assert raw_request(bypass_server, request)[0] == 200  # loopback socket: bypass
+def test_only_a_loopback_host_name_keeps_the_bypass(bypass_server, server):
+    """Host cannot turn the bypass on; a name other than loopback's turns it off (a page
+    rebound to 127.0.0.1 sends its own name)."""
+    for host, bypassed in [
+        (b"Host: localhost", True),
+        (b"Host: 127.0.0.1", True),
+        (b"Host: evil.example", False),
+        (b"Host: localhost.evil.example", False),
+    ]:
+        request = get(RUNS.encode()).replace(b"Host: localhost", host)
+        assert raw_request(bypass_server, request)[0] == (200 if bypassed else 401), host
         assert raw_request(server, request)[0] == 401  # bypass off: Host cannot turn it on
 
 

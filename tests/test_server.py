@@ -156,10 +156,19 @@ def test_credentials_over_http_behind_a_proxy(http, server, kwargs, status):
     assert response.status_code == status
 
 
-def test_host_header_plays_no_part_in_the_bypass(http, server):
-    response = call(http, server, "GET", RUNS, headers={"Host": "registry.example.com"})
+def test_a_page_rebound_to_loopback_gets_no_bypass(http, server):
+    """DNS rebinding: a page at registry.example.com, its name re-pointed at 127.0.0.1, sends
+    its own name as Host and as Origin; it must neither read nor delete runs."""
+    own_name = "registry.example.com:" + str(server.port)
+    local = call(http, server, "POST", RUNS, json=make_run("rebinding-target"))
+    headers = {"Host": own_name, "Origin": f"http://{own_name}", "Sec-Fetch-Site": "same-origin"}
 
-    assert response.status_code == 200
+    read = call(http, server, "GET", RUNS, headers=headers)
+    deleted = call(http, server, "DELETE", f"{RUNS}/rebinding-target", headers=headers)
+
+    assert local.status_code == 201  # the bypass itself, for a Host of 127.0.0.1
+    assert (read.status_code, deleted.status_code) == (401, 401)
+    assert call(http, server, "GET", f"{RUNS}/rebinding-target").status_code == 200
 
 
 @pytest.mark.parametrize(
