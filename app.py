@@ -462,7 +462,7 @@ def authenticate() -> str | None:
             auth_log.warning(
                 "wrong credentials from %s admitted by the localhost bypass; "
                 "from another host they would be refused",
-                request.remote_addr,
+                loggable_address(),
             )
         return "bypass"
     return _checked_credentials()
@@ -587,6 +587,20 @@ def now() -> datetime:
     return current_app.config["CLOCK"]()
 
 
+def loggable_address() -> str:
+    """Return the client's address fit for the log: as it is if it is an IP address, else encoded.
+
+    Behind TRUSTED_PROXY it is the one X-Forwarded-For names, which waitress does not check: a
+    proxy that passes a client's own header on would let '1.2.3.4 from 203.0.113.9' frame
+    another address, or dodge a fail2ban rule, as a raw path could (see loggable_path).
+    """
+    address = request.remote_addr or ""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return quote(address, safe="") or "-"
+
+
 def loggable_path() -> str:
     """Return the request's path percent-encoded, fit for one line of the log.
 
@@ -614,7 +628,7 @@ def register_hooks(app: Flask) -> None:
                 "refused %s %s from %s: no valid credentials",
                 request.method,
                 loggable_path(),
-                request.remote_addr,
+                loggable_address(),
             )
             return error_response(
                 "authentication required: send a bearer token, X-API-Key or HTTP Basic",
