@@ -237,6 +237,9 @@ def parse_json_body(raw: bytes) -> object:
             f"body: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
     except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's guard, not a sentence for users
+            limit = sys.get_int_max_str_digits()
+            raise ApiError(f"body: a number has more than {limit} digits") from None
         raise ApiError(f"body: {exc}") from None
     _check_nesting_and_text(data)
     return data

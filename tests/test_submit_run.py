@@ -300,6 +300,13 @@ def bad_json_encoding(text: str) -> bytes:
             "the number 1e400 is out of range",
             id="too-large-for-a-double",
         ),
+        pytest.param(
+            json.dumps(make_run(metadata={"x": 1}))
+            .encode()
+            .replace(b'"x": 1', b'"x": ' + b"9" * 5000),
+            "body: a number has more than 4300 digits",
+            id="5000-digits",
+        ),
         pytest.param(json.dumps(make_run(job_name="\ud800")).encode(), "surrogate", id="surr"),
         pytest.param(
             json.dumps(make_run(metadata={"\udc00": 1})).encode(), "surrogate", id="surr-key"
