@@ -460,7 +460,10 @@ def authenticate() -> str | None:
     ):
         # Admitted, as the original admitted every local request; but an agent tested on
         # this host with a wrong token would pass here and fail from its own: say so.
-        presents = "Authorization" in request.headers or "X-API-Key" in request.headers
+        # An empty one is none: curl -H "Authorization: Bearer $REGISTRY_TOKEN" with the
+        # variable unset, as on the registry's own host the README allows.
+        _, _, credential = request.headers.get("Authorization", "").partition(" ")
+        presents = bool(credential.strip() or request.headers.get("X-API-Key", "").strip())
         if presents and _checked_credentials() is None:
             auth_log.warning(
                 "wrong credentials from %s admitted by the localhost bypass; "

@@ -178,6 +178,20 @@ def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, cap
     assert "tok-X" not in caplog.text and "guess" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": "Bearer "}, {"Authorization": "Bearer"}, {"X-API-Key": ""}],
+    ids=["bearer-space", "bearer", "empty-api-key"],
+)
+def test_an_empty_credential_from_loopback_is_no_wrong_one(client, caplog, headers):
+    """The README's curl lines send 'Bearer $REGISTRY_TOKEN'; on the registry's own host the
+    variable may be unset, and each such request warned of wrong credentials."""
+    caplog.set_level(logging.WARNING)
+
+    assert client.get(RUNS, headers=headers).status_code == 200
+    assert "bypass" not in caplog.text
+
+
 @pytest.mark.parametrize("setting", ["0", "false", "no", "off", False])
 def test_localhost_bypass_can_be_turned_off(start_client, setting):
     client = start_client(LOCALHOST_BYPASS=setting)
