@@ -735,7 +735,9 @@ def register_api(app: Flask) -> None:
     @app.delete("/v1/backup-runs/<run_id:run_id>")
     def delete_run(run_id: str) -> Response:
         get_store().delete(run_id)
-        return Response(status=204)
+        no_content = Response(status=204)
+        del no_content.headers["Content-Type"]  # Flask's default text/html, for no body
+        return no_content
 
 
 # The original read these five, and took an empty one (?job_name=&since=) as not given:

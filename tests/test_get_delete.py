@@ -68,6 +68,7 @@ def test_delete_is_204_and_the_run_is_gone(client, store_dir):
 
     assert response.status_code == 204
     assert response.get_data() == b""
+    assert "Content-Type" not in response.headers  # no body, so no type of one (RFC 9110)
     assert client.get(f"{RUNS}/run-1").status_code == 404
     assert client.get(RUNS).get_json() == []
     assert list(store_dir.iterdir()) == []
