@@ -34,6 +34,7 @@ from store import (
     RunNotFound,
     RunQuery,
     RunStore,
+    RunTooLarge,
     StoreError,
     StoreFull,
     StoreUnavailable,
@@ -212,6 +213,7 @@ STORE_ERROR_STATUS = {
     InvalidRunId: 400,
     RunNotFound: 404,
     RunFileTaken: 409,
+    RunTooLarge: 413,
 }
 
 

@@ -60,6 +60,10 @@ RAW_CACHE_ENTRIES = 10_000  # JSON of the runs listed or saved most recently; a 
 # ...and never more bytes than this: a run may hold up to MAX_BODY_BYTES (1 MiB) of metadata
 # and error text, and 10,000 of those would be 10 GB.
 RAW_CACHE_BYTES = 32 * 1024 * 1024
+# The largest run file read or written. A report's body is capped (MAX_BODY_BYTES, 1 MiB) and
+# grows at most about 4x once stored (1E15 is written 1000000000000000.0); a larger file is no
+# run, and reading it whole would cost its size in memory, at every start and every GET.
+MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
 FILE_MODE = 0o644  # the umask still applies, so an operator can narrow it
 # The index keeps a sorted list of keys for each value of these (see RunStore._select).
 # field -> the value of a summary it is keyed by; a value of None is not indexed.
@@ -93,6 +97,10 @@ class StoreFull(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store folder cannot be read or written right now (read-only, I/O error, gone)."""
+
+
+class RunTooLarge(StoreError):
+    """The run, once stored, would be larger than any run file the store reads back."""
 
 
 class RunFileTaken(StoreError):
@@ -424,6 +432,13 @@ def _read_file(folder: str, name: str, folder_fd: int | None = None) -> tuple[tu
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _NotARun.not_regular(st)
+        if st.st_size > MAX_RUN_FILE_BYTES:
+            raise _NotARun(
+                _file_signature(st),
+                f"larger than any run ({st.st_size} bytes; at most {MAX_RUN_FILE_BYTES})",
+            )
+        # One byte more than its size: a file grown since fstat reads as broken, not as a
+        # run cut short, and its next change event has it read again.
         return _file_signature(st), os.read(fd, st.st_size + 1)
     finally:
         os.close(fd)
@@ -875,6 +890,11 @@ class RunStore:
         summary = RunSummary(run, run_id, None)  # checks the fields the index needs first
         # One line per file: `grep failure store/*.json` then shows whole records.
         data = (json.dumps(run, ensure_ascii=False) + "\n").encode("utf-8")
+        if len(data) > MAX_RUN_FILE_BYTES:  # it would be skipped when read back
+            raise RunTooLarge(
+                f"body: the run would take {len(data)} bytes on disk, and a run file holds at "
+                f"most {MAX_RUN_FILE_BYTES}"
+            )
         final = os.path.join(self._path, name)
         # A per-store token and a counter: unique without a random read on every write.
         temp_name = f"{TEMP_PREFIX}{self._temp_token}-{next(self._temp_numbers)}{TEMP_SUFFIX}"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -706,6 +707,48 @@ def test_run_file_replaced_by_a_symlink_leaves_the_listing(start_client, store_d
     eventually(lambda: listed_ids(client) == ["good"])
     assert client.get(f"{RUNS}?status=failure").get_json() == []
     assert client.get(f"{RUNS}/moved").status_code == 404
+
+
+# --- a file too large to be a run ------------------------------------------------------------
+
+
+def test_a_file_larger_than_any_run_is_skipped_unread(store_dir, caplog):
+    """A 216 MB dump named *.json took the server to 2 GB at start and on each GET of its id
+    (a reviewer's test): a run file is never near MAX_RUN_FILE_BYTES, so one that is, is
+    skipped on its size alone."""
+    store_dir.mkdir()
+    drop_in(store_dir, "good.json", stored_run("good"))
+    drop_in(store_dir, "huge.json", stored_run("huge"))
+    os.truncate(store_dir / "huge.json", 4 * store_module.MAX_RUN_FILE_BYTES)  # sparse: free
+    caplog.set_level(logging.WARNING)
+
+    tracemalloc.start()
+    try:
+        store = store_module.RunStore(store_dir, watch=False)
+        with pytest.raises(store_module.RunNotFound):
+            store.get("huge")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert [summary.run_id for summary in store.summaries()] == ["good"]
+    assert peak < store_module.MAX_RUN_FILE_BYTES // 2
+    assert "huge.json: skipped, not a valid run: larger than any run" in caplog.text
+
+
+def test_a_run_too_large_to_read_back_is_refused_not_written(start_client, store_dir, monkeypatch):
+    """MAX_BODY_BYTES may be raised, and a report grows up to 4x once stored (1E15 is
+    written 1000000000000000.0): a 201 must never go to a run the store would skip."""
+    client = start_client(WATCH_STORE=False)
+    monkeypatch.setattr(store_module, "MAX_RUN_FILE_BYTES", 2048)
+
+    small = client.post(RUNS, json=make_run("small"))
+    large = client.post(RUNS, json=make_run("large", error="x" * 4096))
+
+    assert small.status_code == 201
+    assert large.status_code == 413
+    assert large.get_json()["error"].startswith("body: the run would take")
+    assert sorted(os.listdir(store_dir)) == ["small.json"]
 
 
 # --- a file that cannot be read --------------------------------------------------------------
