@@ -33,15 +33,33 @@ def test_field_rules_come_from_schema_json(tmp_path):
         RunValidator(narrowed).clean(make_run(job_name="abcd"))
 
 
-def test_runtime_requirements_are_pinned():
-    lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    requirements = [line for line in lines if line.strip() and not line.startswith("#")]
+def pins(path) -> dict[str, str]:
+    """Return {lower-case name: version} of a requirements file, checking every line is a pin."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith(("-c ", "-r ")):
+            continue
+        assert re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][\w.]*", line), line
+        name, version = line.split("==")
+        found[name.lower().replace("_", "-")] = version
+    return found
 
-    assert requirements
-    for line in requirements:
-        assert re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][\w.]*", line.strip()), line
-    names = {line.split("==")[0].lower() for line in requirements}
-    assert {"flask", "waitress", "jsonschema"} <= names
+
+def test_runtime_requirements_are_pinned():
+    names = pins(ROOT / "requirements.txt")
+
+    assert {"flask", "waitress", "jsonschema"} <= set(names)
+    assert "-c constraints.txt" in (ROOT / "requirements.txt").read_text(encoding="utf-8")
+
+
+def test_constraints_pin_every_named_requirement_at_the_same_version():
+    constraints = pins(ROOT / "constraints.txt")
+    named = {}
+    for path in ("requirements.txt", "requirements-dev.txt", "bench/requirements.txt"):
+        named.update(pins(ROOT / path))
+
+    assert {name: constraints.get(name) for name in named} == named
 
 
 def test_ci_runs_the_readme_test_command():
