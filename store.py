@@ -7,6 +7,7 @@ Nothing here imports Flask: the store raises domain errors and the app maps them
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
 import errno
@@ -439,7 +440,10 @@ def _read_file(folder: str, name: str, folder_fd: int | None = None) -> tuple[tu
             )
         # One byte more than its size: a file grown since fstat reads as broken, not as a
         # run cut short, and its next change event has it read again.
-        return _file_signature(st), os.read(fd, st.st_size + 1)
+        raw = os.read(fd, st.st_size + 1)
+        # A byte order mark (Windows Notepad saves one) is no part of the JSON text, and a
+        # client parsing what GET serves would choke on it, so it is dropped here.
+        return _file_signature(st), raw[3:] if raw.startswith(codecs.BOM_UTF8) else raw
     finally:
         os.close(fd)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
@@ -445,6 +446,25 @@ def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_di
 
     eventually(lambda: warnings_about(caplog, "broken.json"))
     assert listed_ids(client) == ["good"]
+
+
+def test_a_run_file_that_starts_with_a_byte_order_mark_is_served_without_it(
+    start_client, store_dir
+):
+    """Windows Notepad saves UTF-8 with a byte order mark; a POST body may carry one too."""
+    store_dir.mkdir()
+    text = json.dumps(stored_run("at-start"))
+    (store_dir / "at-start.json").write_bytes(codecs.BOM_UTF8 + text.encode())
+    client = start_client()
+
+    (store_dir / "dropped.json").write_bytes(
+        codecs.BOM_UTF8 + text.replace("at-start", "dropped").encode()
+    )
+
+    eventually(lambda: sorted(listed_ids(client)) == ["at-start", "dropped"])
+    served = client.get(f"{RUNS}/at-start").get_data()
+    assert not served.startswith(codecs.BOM_UTF8)
+    assert json.loads(served) == stored_run("at-start")
 
 
 def test_run_file_turned_broken_leaves_the_listing(start_client, store_dir, caplog):
