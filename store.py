@@ -1528,7 +1528,9 @@ class RunStore:
             # An outside writer may rewrite this file again within the same timestamp tick,
             # keeping its size: so a signature younger than RACY_NS proves nothing yet.
             self._forget_if_racy(summary, scan_started_ns or read_started)
-            self._warned.pop(name, None)
+            if name in self._warned:
+                del self._warned[name]
+                log.info("%s: a valid run again, served", _shown(name))
             self._put(summary)  # which drops the cached bytes: their signature may be ours too
 
     def follow(self, name: str, *args, **kwargs) -> None:

@@ -448,6 +448,18 @@ def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_di
     assert listed_ids(client) == ["good"]
 
 
+def test_a_broken_file_that_is_mended_says_so(start_client, store_dir, caplog):
+    client = start_client()
+    caplog.set_level(logging.INFO)
+    drop_in(store_dir, "mended.json", "{not json")
+    eventually(lambda: warnings_about(caplog, "mended.json"))
+
+    drop_in(store_dir, "mended.json", stored_run("mended"))
+
+    eventually(lambda: listed_ids(client) == ["mended"])
+    assert "mended.json: a valid run again, served" in caplog.text
+
+
 def test_a_run_file_that_starts_with_a_byte_order_mark_is_served_without_it(
     start_client, store_dir
 ):
