@@ -1914,6 +1914,7 @@ class _Watcher:
             # signature, and so would our save's. This event is the one sure sign, so such a
             # file is read whatever its stat says; it costs the API's own writes nothing.
             self._closed_after_writing = f.CLOSE_WRITE
+            self._created = f.CREATE
             # The folder itself is gone from its path (IN_IGNORED: its watch was removed).
             self._folder_gone = f.DELETE_SELF | f.MOVE_SELF | f.IGNORED
             self.mode = "inotify"
@@ -1996,6 +1997,15 @@ class _Watcher:
             self._locked = identity
             self._store.lock_new_folder()
 
+    def _is_being_written(self, name: str) -> bool:
+        """Tell whether a file only just created is still empty: `cmd > store/x.json` makes
+        it so, and reading it before its writer closes it would warn of a broken run."""
+        try:
+            st = os.lstat(os.path.join(self._store.directory, name))
+        except OSError:
+            return False  # follow() says what is wrong
+        return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
     def _poll(self, folder_was_there: bool) -> None:
         """Without inotify: rescan the folder, or, while it is gone, hold no runs."""
         if os.path.isdir(self._store.directory):
@@ -2062,11 +2072,18 @@ class _Watcher:
                 # warned about: skipping them spares a syscall per POST for the temp file
                 # the save renames away, in the thread that competes for the GIL with it.
                 changed: dict[str, bool] = {}
+                only_created: set[str] = set()
                 for event in events:
                     if event.name and event.wd == self._wd and not event.name.startswith("."):
                         written = bool(event.mask & self._closed_after_writing)
+                        if event.name not in changed and event.mask == self._created:
+                            only_created.add(event.name)
+                        elif event.mask != self._created:
+                            only_created.discard(event.name)
                         changed[event.name] = changed.get(event.name, False) or written
                 for name, written_in_place in changed.items():
+                    if name in only_created and self._is_being_written(name):
+                        continue  # its close is the event to read it on
                     self._store.follow(name, written_in_place=written_in_place)
                 if time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + self.RETRY_SECONDS

@@ -448,6 +448,22 @@ def test_broken_file_dropped_in_is_skipped_with_a_warning(start_client, store_di
     assert listed_ids(client) == ["good"]
 
 
+def test_a_file_being_written_is_not_warned_about_before_it_is_closed(
+    start_client, store_dir, caplog
+):
+    """`report > store/x.json` creates the file empty, then writes it: the creation alone
+    must not be read as a broken run (its close is the event that counts)."""
+    client = start_client()
+    caplog.set_level(logging.INFO)
+
+    with open(store_dir / "slow.json", "w", encoding="utf-8") as handle:
+        time.sleep(0.5)  # the watcher has seen the creation by now
+        handle.write(json.dumps(stored_run("slow")))
+
+    eventually(lambda: listed_ids(client) == ["slow"])
+    assert warnings_about(caplog, "slow.json") == []
+
+
 def test_a_broken_file_that_is_mended_says_so(start_client, store_dir, caplog):
     client = start_client()
     caplog.set_level(logging.INFO)
