@@ -65,6 +65,9 @@ RAW_CACHE_BYTES = 32 * 1024 * 1024
 # grows at most about 4x once stored (1E15 is written 1000000000000000.0); a larger file is no
 # run, and reading it whole would cost its size in memory, at every start and every GET.
 MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
+# How much of a run's error the index keeps, for q: a report's error has no limit of its own
+# (a long log tail must not cost the report), and the whole of it stays in the file.
+ERROR_INDEXED_CHARS = 65536
 FILE_MODE = 0o644  # the umask still applies, so an operator can narrow it
 # The index keeps a sorted list of keys for each value of these (see RunStore._select).
 # field -> the value of a summary it is keyed by; a value of None is not indexed.
@@ -267,7 +270,7 @@ class RunSummary:
         encryption_status = run.get("encryption_status")
         self.encryption_status = encryption_status if isinstance(encryption_status, str) else None
         error = run.get("error")
-        self.error = error if isinstance(error, str) else None
+        self.error = error[:ERROR_INDEXED_CHARS] if isinstance(error, str) else None
         self.signature = signature
         # Ascending order of this key is newest received first, ties broken by run id.
         self.key = (-self.received_us, run_id)

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
+import store as store_module
 from tests.conftest import make_run
 
+RUNS = "/v1/backup-runs"
 LINK_NEXT = re.compile(r'^<([^>]+)>; rel="next"$')
 
 
@@ -179,3 +181,18 @@ def test_paging_is_stable_while_new_runs_arrive(live_server_factory):
     assert len(seen_old) == len(set(seen_old)), "a run was repeated"
     assert set(seen_old) == old, "a run was skipped"
     assert len(seen) == len(set(seen))
+
+
+def test_a_long_error_is_kept_whole_and_searched_in_its_first_part(client):
+    """A failing job's report may carry a long log tail: refusing it lost the report. The
+    file keeps it all; q searches its first ERROR_INDEXED_CHARS characters (README)."""
+    limit = store_module.ERROR_INDEXED_CHARS
+    error = "pg_dump: disk full\n" + "log line\n" * (limit // 9) + "tail-only-word"
+    assert len(error) > limit
+
+    posted = client.post(RUNS, json=make_run("long-error", status="failure", error=error))
+
+    assert posted.status_code == 201
+    assert client.get(f"{RUNS}/long-error").get_json()["error"] == error
+    assert [run["run_id"] for run in client.get(f"{RUNS}?q=DISK+FULL").get_json()] == ["long-error"]
+    assert client.get(f"{RUNS}?q=tail-only-word").get_json() == []
