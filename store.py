@@ -1025,6 +1025,7 @@ class RunStore:
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
+        self._refuse_if_behind()
         for _ in range(3):
             with self._lock:
                 keys, total = self._select(query)
@@ -1043,6 +1044,21 @@ class RunStore:
                     raise _store_error(exc, "read run") from exc
         next_after = summaries[-1].key if len(keys) > query.limit else None
         return RunPage([raw for raw in raws if raw is not None], total, next_after)
+
+    def _refuse_if_behind(self) -> None:
+        """Raise StoreUnavailable while the watcher has changes it could not follow.
+
+        The index would answer from what the folder held before them: with the folder
+        unreadable, a run removed or edited from outside was listed as it had been (by
+        listings, jobs, the dashboard and metrics alike). The watcher retries each second,
+        and answers resume once it succeeds. Without a watcher nothing is followed, and
+        nothing is promised: listings then serve what they can read.
+        """
+        if self._failing and self._watcher is not None:
+            raise StoreUnavailable(
+                f"cannot follow changes to the store folder ({len(self._failing)} file(s); "
+                "the log says why): answers resume once they can be read"
+            )
 
     def _cached_raw(self, summary: RunSummary) -> bytes | None:
         """Return a run's JSON bytes, from the cache when its file's signature is unchanged.
@@ -1096,10 +1112,12 @@ class RunStore:
     @property
     def version(self) -> int:
         """A number that changes whenever the index does; readers key their caches on it."""
+        self._refuse_if_behind()
         return self._version
 
     def job_versions(self) -> dict[tuple[str, str], int]:
         """Return each job's change counter; a job's runs changed when its number did."""
+        self._refuse_if_behind()
         with self._lock:
             return dict(self._job_versions)
 

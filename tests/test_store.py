@@ -593,7 +593,8 @@ def test_undecodable_file_names_dropped_in_do_not_hide_the_runs_beside_them(
 def test_a_file_the_watcher_cannot_check_costs_its_batch_nothing_and_is_tried_again(
     start_client, store_dir, caplog, monkeypatch
 ):
-    """An I/O error on one file of a burst: the others are indexed, and that one once it heals."""
+    """An I/O error on one file of a burst: the others are indexed, and that one once it heals.
+    Meanwhile listings answer 503 rather than a listing that may be behind the folder."""
     client = start_client()
     store = client.application.extensions["store"]
     real_refresh = store.refresh
@@ -611,11 +612,13 @@ def test_a_file_the_watcher_cannot_check_costs_its_batch_nothing_and_is_tried_ag
     for run_id in ["first", "second", "third"]:  # one burst: the watcher takes it in one read
         drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
 
-    eventually(lambda: listed_ids(client) == ["second", "third"])
+    eventually(lambda: "second" in store and "third" in store)
     time.sleep(2.5)  # a few retries, all failing
-    assert listed_ids(client) == ["second", "third"]
+    assert "first" not in store
+    assert client.get(RUNS).status_code == 503
     faulty.clear()
-    eventually(lambda: listed_ids(client) == ["first", "second", "third"])
+    eventually(lambda: client.get(RUNS).status_code == 200)
+    assert listed_ids(client) == ["first", "second", "third"]
     assert len(warnings_about(caplog, "first.json")) == 1
 
 
@@ -636,7 +639,8 @@ def test_warnings_about_files_since_removed_are_not_kept(start_client, store_dir
 def test_a_file_that_cannot_be_read_at_start_is_tried_again(
     start_client, store_dir, caplog, monkeypatch
 ):
-    """An I/O error on one file during the start: the rest are served, and it once it heals."""
+    """An I/O error on one file during the start: the rest are indexed, and it once it heals.
+    Until then listings answer 503 rather than leave it out."""
     store_dir.mkdir()
     for run_id in ["first", "second"]:
         drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
@@ -652,10 +656,13 @@ def test_a_file_that_cannot_be_read_at_start_is_tried_again(
 
     monkeypatch.setattr(store_module, "_read_summary", read_summary)
     client = start_client()
+    store = client.application.extensions["store"]
 
-    assert listed_ids(client) == ["second"]
+    assert "second" in store and "first" not in store
+    assert client.get(RUNS).status_code == 503
     faulty.clear()
-    eventually(lambda: listed_ids(client) == ["first", "second"])
+    eventually(lambda: client.get(RUNS).status_code == 200)
+    assert listed_ids(client) == ["first", "second"]
     assert len(warnings_about(caplog, "first.json")) == 1
 
 
@@ -865,6 +872,38 @@ def test_run_file_the_server_may_not_read_is_skipped_until_it_may(store_dir):
         assert response.json() == {
             "error": "cannot read run: permission denied on the store folder"
         }
+    finally:
+        server.stop()
+
+
+def test_changes_the_server_cannot_follow_make_listings_refuse_until_it_can(store_dir):
+    """With the folder unreadable, a run removed or edited from outside was still listed as
+    it was (200), by listings, /v1/jobs, the dashboard and /metrics: the index answered from
+    what it last knew. Refuse, don't guess, until the change can be followed."""
+    store_dir.mkdir()
+    for run_id in ["r1", "r2", "r3"]:
+        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
+    server = LiveServer(store_dir, prefix=AS_AN_ORDINARY_USER).wait_ready()
+
+    def statuses() -> list[int]:
+        paths = [RUNS, "/v1/jobs", "/", "/metrics"]
+        return [requests.get(server.url + path, timeout=10).status_code for path in paths]
+
+    try:
+        assert statuses() == [200, 200, 200, 200]
+        store_dir.chmod(0)
+        try:
+            (store_dir / "r2.json").unlink()  # root may; the server may not look
+
+            eventually(lambda: statuses() == [503, 503, 503, 503])
+            refused = requests.get(server.url + RUNS, timeout=10).json()["error"]
+            assert refused.startswith("cannot follow changes to the store folder")
+        finally:
+            store_dir.chmod(0o755)
+
+        eventually(lambda: statuses() == [200, 200, 200, 200])
+        listed = requests.get(server.url + RUNS, timeout=10).json()
+        assert sorted(run["run_id"] for run in listed) == ["r1", "r3"]
     finally:
         server.stop()
 
