@@ -623,6 +623,16 @@ def register_hooks(app: Flask) -> None:
     """Auth before every request, one access-log line after it, and errors as JSON."""
 
     @app.before_request
+    def refuse_a_path_that_is_not_utf8() -> Response | None:
+        # Werkzeug decodes a path's bytes as UTF-8 with errors replaced: /v1/backup-runs/%FF
+        # served, and its DELETE removed, the run whose id is U+FFFD. Refuse, don't guess.
+        try:
+            request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return error_response("path: not valid UTF-8 once percent-decoded", 400)
+        return None
+
+    @app.before_request
     def check_auth() -> Response | None:
         g.started = time.perf_counter()
         refusal = cross_site_refusal()

@@ -411,6 +411,23 @@ def test_loopback_peer_with_a_proxy_header_gets_no_bypass(bypass_server, header)
     assert raw_request(bypass_server, get(RUNS.encode()))[0] == 200  # the bypass itself
 
 
+@pytest.mark.parametrize("encoded", [b"%FF", b"%C3", b"%ED%A0%80", b"a%E9b"])
+def test_a_path_whose_percent_encoding_is_not_utf8_is_refused(bypass_server, encoded):
+    """Werkzeug would decode these with U+FFFD in place of each bad byte, and serve, or
+    delete, the run named so: a guess at what the client meant."""
+    replaced = bypass_server.store_dir / store_module.file_name_for("\ufffd")
+    replaced.write_text(json.dumps(make_run("\ufffd", received_at="2026-05-12T02:05:00Z")))
+    try:
+        for method in (b"GET", b"DELETE"):
+            request = get(RUNS.encode() + b"/" + encoded).replace(b"GET", method, 1)
+            status, body = raw_request(bypass_server, request)
+            assert status == 400, body
+            assert json.loads(body) == {"error": "path: not valid UTF-8 once percent-decoded"}
+        assert replaced.exists()
+    finally:
+        replaced.unlink()
+
+
 def test_only_a_loopback_host_name_keeps_the_bypass(bypass_server, server):
     """Host cannot turn the bypass on; a name other than loopback's turns it off (a page
     rebound to 127.0.0.1 sends its own name)."""
