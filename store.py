@@ -358,6 +358,18 @@ class RunPage:
         return b"[" + b",".join(self.raw_runs) + b"]"
 
 
+def _changed_ns(signature: tuple) -> int:
+    """When a file with this stat signature last changed, for the "racy" test: the earlier of
+    its mtime and ctime.
+
+    Any change sets ctime to the clock, and a write sets mtime too, so the two agree unless
+    someone set the mtime: to the past (an older signature, which a later write changes), or
+    to the future (rsync -a from a host whose clock is ahead), which would keep the file
+    "too young to trust" until that date, when its ctime says it is not.
+    """
+    return min(signature[2], signature[3])
+
+
 def _file_signature(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -1476,10 +1488,11 @@ class RunStore:
         keeps its stat signature ("racy" stat), so that signature proves nothing yet. Caller
         holds the lock, or is the start, before any other thread runs.
         """
-        if scan_started_ns is not None and summary.signature[2] >= scan_started_ns - RACY_NS:
+        changed_ns = _changed_ns(summary.signature)
+        if scan_started_ns is not None and changed_ns >= scan_started_ns - RACY_NS:
             # Read again once RACY_NS old (settle_racy): with no signature, its bytes were
             # read from disk at every listing and it was left out of every snapshot.
-            self._racy[summary.run_id] = summary.signature[2] + RACY_NS
+            self._racy[summary.run_id] = changed_ns + RACY_NS
             summary.signature = None
 
     def settle_racy(self) -> None:
@@ -1704,7 +1717,7 @@ class _IndexSnapshot:
                 for line in handle:
                     for row in self._verified(line):
                         self._check(row)
-                        if row[2] < young:
+                        if _changed_ns(row) < young:
                             rows[row[4]] = row
         except FileNotFoundError:
             return {}

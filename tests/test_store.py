@@ -160,6 +160,29 @@ def test_a_folder_that_cannot_be_listed_says_so_at_start(store_dir, monkeypatch)
     )
 
 
+def test_a_run_whose_mtime_is_in_the_future_is_trusted_once_its_change_is_old(
+    store_dir, monkeypatch
+):
+    """rsync -a from a host whose clock runs ahead, or touch -d 2030: judged by its mtime,
+    such a file stayed "too young to trust" until that date, read from disk at every
+    listing and left out of every snapshot. Its ctime says when it really changed."""
+    monkeypatch.setattr(store_module, "RACY_NS", 300_000_000)
+    store_dir.mkdir()
+    drop_in(store_dir, "ahead.json", stored_run("ahead"))
+    in_ten_years = time.time() + 10 * 365 * 86400
+    os.utime(store_dir / "ahead.json", (in_ten_years, in_ten_years))
+
+    store = store_module.RunStore(store_dir, watch=False)
+    assert "ahead" in store._racy  # changed just now: not yet
+    time.sleep(0.4)
+    store.settle_racy()
+
+    assert not store._racy
+    assert store._runs["ahead"].signature is not None
+    store.close()
+    assert store_module.RunStore(store_dir, watch=False).files_read_at_start == 0
+
+
 @pytest.mark.parametrize("watching", ["inotify", "polling"])
 def test_a_run_copied_in_is_trusted_once_its_file_is_old_enough(store_dir, monkeypatch, watching):
     """A file seconds old may still be rewritten within one timestamp tick, so its signature is
