@@ -1911,6 +1911,7 @@ class _Watcher:
     # stream of POSTs, waking for each one's events cost about a seventh of the throughput
     # (every wake is a GIL hand-over); outside changes still show within 2 s.
     BATCH_SECONDS = 0.05
+    FIRST_SNAPSHOT_SECONDS = 5.0  # after start: soon, as a start that read files was slow
     RETRY_SECONDS = 1.0  # how often a file that could not be checked is tried again
 
     def __init__(self, store: RunStore):
@@ -1966,6 +1967,7 @@ class _Watcher:
         if self._inotify is not None:
             self._poller.register(self._inotify.fileno(), select.POLLIN)
         self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
+        self._snapshot_writer: threading.Thread | None = None
 
     def start(self) -> None:
         """Start following the folder in a background thread."""
@@ -1977,10 +1979,31 @@ class _Watcher:
         os.write(self._wake_write, b"x")  # end a wait for events now, not at its timeout
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self._snapshot_writer is not None:
+            self._snapshot_writer.join()  # the caller may write one next: let this one land
         if self._inotify is not None:
             self._inotify.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+    def _save_snapshot_aside(self) -> None:
+        """Write the index snapshot in a thread of its own, unless the last one still writes.
+
+        At a million runs a snapshot takes about 7 s to write; in this thread, no outside
+        change would be followed meanwhile, against the promise of 2 s.
+        """
+        if self._snapshot_writer is not None and self._snapshot_writer.is_alive():
+            return
+        self._snapshot_writer = threading.Thread(
+            target=self._save_snapshot, name="store-snapshot", daemon=True
+        )
+        self._snapshot_writer.start()
+
+    def _save_snapshot(self) -> None:
+        try:
+            self._store.save_snapshot()
+        except Exception:  # a bug: say so, and let the next turn try again
+            log.exception("cannot write index snapshot")
 
     def _wait_for_events(self) -> list:
         """Return inotify events, waiting up to 250 ms for some, or none once stop() is called."""
@@ -2058,7 +2081,7 @@ class _Watcher:
 
     def _run(self) -> None:
         # Soon after a start that read files, then every SNAPSHOT_SECONDS if the index changed.
-        next_snapshot = time.monotonic() + 5
+        next_snapshot = time.monotonic() + self.FIRST_SNAPSHOT_SECONDS
         next_retry = next_identity_check = 0.0
         rescan_due = False
         folder_was_there = True
@@ -2066,7 +2089,7 @@ class _Watcher:
             try:
                 if time.monotonic() >= next_snapshot:
                     next_snapshot = time.monotonic() + SNAPSHOT_SECONDS
-                    self._store.save_snapshot()
+                    self._save_snapshot_aside()
                 if self._inotify is None:
                     if not self._stop.wait(self.POLL_SECONDS):
                         self._poll(folder_was_there)

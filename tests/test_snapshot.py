@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -577,3 +578,32 @@ def test_text_no_file_can_hold_costs_the_snapshot_not_the_stop(store_dir, caplog
         store.close()  # saves the snapshot: it must not raise
     assert "cannot write index snapshot" in caplog.text
     assert [path.name for path in store_dir.parent.glob("*.tmp")] == []
+
+
+def test_the_watcher_follows_changes_while_a_snapshot_is_written(store_dir, monkeypatch):
+    """A snapshot of a million runs takes about 7 s to write. Written in the watcher's own
+    thread, no outside change was followed meanwhile, against the promise of 2 s."""
+    monkeypatch.setattr(store_module._Watcher, "FIRST_SNAPSHOT_SECONDS", 0.0)
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_save_snapshot() -> bool:  # stands in for the 7 s write at a million runs
+        writing.set()
+        release.wait(timeout=10)
+        return True
+
+    monkeypatch.setattr(store_module.RunStore, "save_snapshot", lambda self: slow_save_snapshot())
+    store_dir.mkdir()
+    store = store_module.RunStore(store_dir)
+    try:
+        assert writing.wait(timeout=5)
+        (store_dir / "during.json").write_text(
+            json.dumps(run_record("during", "db", "success", 1, 1))
+        )
+
+        deadline = time.monotonic() + 2.0
+        while "during" not in store and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "during" in store
+    finally:
+        release.set()
+        store.close()
