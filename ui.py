@@ -44,7 +44,6 @@ SECURITY_HEADERS = {
 }
 
 # Lower sorts first in the default "needs attention" order.
-STATUS_RANK = {"failure": 0, "partial": 1, "success": 2}
 # Job monitoring's states, worst first; a job without one sorts with "ok".
 STATE_RANK = {state: rank for rank, state in enumerate(jobs.STATES)}
 
@@ -97,6 +96,18 @@ class JobRow:
         if self.latest.encrypted is False or "unencrypted" in self.flags:
             return "unencrypted"
         return "unknown" if self.latest.encrypted is None else "encrypted"
+
+    @property
+    def state_adds_to_status(self) -> bool:
+        """Tell whether the row's state says more than its run's status badge, so needs one.
+
+        late, new and muted always do. failing, degraded and ok only repeat the status, unless
+        runs overlap: then job monitoring judged another run (the latest by start_time), and
+        a row showing "Success" for a job /v1/jobs calls failing would hide the failure.
+        """
+        if self.state in ("late", "new", "muted"):
+            return True
+        return STATE_OF_STATUS.get(self.latest.status) != self.state and self.state is not None
 
     @property
     def shown_flags(self) -> tuple[str, ...]:
@@ -395,6 +406,10 @@ def parse_overview_filters(args) -> OverviewFilters:
     return filters
 
 
+# What job monitoring calls a job whose latest run has this status (jobs.py).
+STATE_OF_STATUS = {"success": "ok", "failure": "failing", "partial": "degraded"}
+
+
 def attention_rank(row: JobRow) -> int:
     """Where a row sorts by default, as the README says: late, failed, partial, unencrypted,
     then the rest; muted jobs last, as they need no one.
@@ -405,8 +420,11 @@ def attention_rank(row: JobRow) -> int:
         return 5
     if row.state == "late":
         return 0
-    if row.latest.status != "success":
-        return 1 + STATUS_RANK.get(row.latest.status, 1)  # failure 1, partial 2
+    # The run's status, or job monitoring's, if runs overlap and it judged a worse one.
+    if row.latest.status == "failure" or row.state == "failing":
+        return 1
+    if row.latest.status == "partial" or row.state == "degraded":
+        return 2
     return 3 if row.encryption == "unencrypted" else 4
 
 
