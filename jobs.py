@@ -487,6 +487,15 @@ def believed_start(run: RunSummary) -> float:
     return min(run.start_ts, run.received_us / 1_000_000)
 
 
+def believed_end(run: RunSummary) -> float:
+    """When job monitoring takes a run to have ended: its end_time, but not after its report.
+
+    As for believed_start: an end_time a year ahead made the job's last success a year away,
+    so an alert on time() - backup_last_success_timestamp_seconds stayed silent that long.
+    """
+    return min(run.end_ts, run.received_us / 1_000_000)
+
+
 def _start_order(run: RunSummary) -> tuple:
     return (believed_start(run), run.received_us, run.run_id)
 
@@ -633,7 +642,7 @@ class JobStats:
 def _latest_end(runs: list[RunSummary], status: str) -> float | None:
     for run in reversed(runs):
         if run.status == status:
-            return run.end_ts
+            return believed_end(run)
     return None
 
 
@@ -830,7 +839,7 @@ class JobCollector:
             labels = list(stats.job)
             latest = stats.latest
             if latest is not None:  # else a job of the jobs file that never reported
-                last_time.add_metric(labels, latest.end_ts)
+                last_time.add_metric(labels, believed_end(latest))
                 success.add_metric(labels, SUCCESS_VALUE[latest.status])
                 duration.add_metric(labels, latest.end_ts - latest.start_ts)
                 if latest.bytes_backed_up is not None:

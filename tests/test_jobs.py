@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import jobs
 from jobs import JobOverride, JobStats
-from store import RunSummary, file_name_for, format_timestamp
+from store import RunSummary, file_name_for, format_timestamp, parse_timestamp
 
 # The app_config and clock fixtures come from jobs_support; naming them here registers them.
 __all__ = ["app_config", "clock"]
@@ -566,9 +566,32 @@ def test_a_next_start_past_the_year_9999_is_not_expected(client, clock):
     assert "9000-01-01" in page.get_data(as_text=True)
 
 
-def test_a_run_in_the_last_microsecond_of_9999_is_shown(client):
+def test_an_end_time_ahead_of_its_report_counts_as_the_report(client, clock):
+    """An agent whose clock runs a year ahead: its last success is when its report came,
+    or an alert on time() - backup_last_success_timestamp_seconds stays silent for a year."""
+    clock.moment = T0 + timedelta(days=2)
+    post_runs(client, JOB, format_timestamp(T0 + timedelta(days=365)))
+    received = (T0 + timedelta(days=2)).timestamp()
+
+    (job,) = client.get("/v1/jobs").get_json()
+    metrics = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+        for sample in family.samples
+        if sample.name.endswith("_timestamp_seconds")
+    }
+
+    assert job["last_success_at"] == format_timestamp(T0 + timedelta(days=2))
+    assert metrics == {
+        "backup_last_run_timestamp_seconds": received,
+        "backup_last_success_timestamp_seconds": received,
+    }
+
+
+def test_a_run_in_the_last_microsecond_of_9999_is_shown(client, clock):
     """As a float, 9999-12-31T23:59:59.999999Z rounds up into the year 10000."""
     last = "9999-12-31T23:59:59.999999Z"
+    clock.moment = parse_timestamp(last)  # reported then: an end after its report is not believed
     run = make_run("last", job_name="end", agent_id="b", start_time=last, end_time=last)
     assert client.post("/v1/backup-runs", json=run).status_code == 201
     response = client.get("/v1/jobs")
