@@ -325,6 +325,23 @@ def test_the_longest_names_allowed_do_not_widen_the_pages(live_server_factory, p
         assert width <= 1280, f"{path} is {width} px wide"
 
 
+def test_nothing_sticks_out_sideways_on_a_small_phone(live_server_factory, browser, tmp_path):
+    """At 375 px (an iPhone SE, a small Android) the relative ages and /docs's parameter
+    tables ran past the right edge, so every page scrolled sideways."""
+    write_runs(tmp_path / "store", sample_runs(datetime.now(UTC)))
+    server = live_server_factory(store_dir=tmp_path / "store")
+    page, problems = open_page(browser, color_scheme="light")
+    try:
+        page.set_viewport_size({"width": 375, "height": 740})
+        for path in ["/", "/job?job_name=photos-offsite&agent_id=nas-01", "/docs"]:
+            page.goto(server.url + path)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 375, f"{path} is {width} px wide"
+    finally:
+        page.context.close()
+    assert problems.messages == []
+
+
 def write_runs(store_dir: Path, runs: list[dict]) -> None:
     """Lay run files into a store folder before the server starts, as rsync would."""
     store_dir.mkdir(parents=True, exist_ok=True)
