@@ -1063,12 +1063,17 @@ class RunStore:
         The index would answer from what the folder held before them: with the folder
         unreadable, a run removed or edited from outside was listed as it had been (by
         listings, jobs, the dashboard and metrics alike). The watcher retries each second,
-        and answers resume once it succeeds. Without a watcher nothing is followed, and
-        nothing is promised: listings then serve what they can read.
+        and answers resume once it succeeds, or the file is gone. Without a watcher nothing
+        is followed, and nothing is promised: listings then serve what they can read.
         """
-        if self._failing and self._watcher is not None:
+        if self._watcher is None or not self._failing:
+            return
+        # Only a run the index serves can be shown as it no longer is. A file it never held
+        # and cannot read (an I/O error on a new file) is simply not served, as a broken one.
+        stale = [name for name in list(self._failing) if run_id_for(name) in self._runs]
+        if stale:
             raise StoreUnavailable(
-                f"cannot follow changes to the store folder ({len(self._failing)} file(s); "
+                f"cannot follow changes to the store folder ({len(stale)} run file(s); "
                 "the log says why): answers resume once they can be read"
             )
 
@@ -1341,6 +1346,7 @@ class RunStore:
         with self._lock:
             for run_id in list(self._runs):
                 self._remove(run_id)
+            self._failing.clear()  # no folder, nothing to follow
 
     def rescan(self) -> None:
         """Bring the index in line with the folder, re-reading only files whose stat changed.
@@ -1350,13 +1356,17 @@ class RunStore:
         """
         scan_started = time.time_ns()
         seen: set[str] = set()
+        names: set[str] = set()
         for name, run_id in self._run_files():
             seen.add(run_id)
+            names.add(name)
             self.follow(name, run_id, scan_started_ns=scan_started)
         with self._lock:
             for gone in [run_id for run_id in self._runs if run_id not in seen]:
                 if not os.path.exists(os.path.join(self._path, file_name_for(gone))):
                     self._remove(gone)
+        # A file that failed and has gone since is nothing to follow any more.
+        self._failing.intersection_update(names)
 
     def _load_all(self) -> None:
         """Build the index from nothing, with the cyclic garbage collector kept out of it.
@@ -2094,6 +2104,7 @@ class _Watcher:
                     if not self._stop.wait(self.POLL_SECONDS):
                         self._poll(folder_was_there)
                         folder_was_there = os.path.isdir(self._store.directory)
+                        self._store.retry_failed()
                     continue
                 if self._wd is None:  # the folder went away: look for it again
                     if self._stop.wait(self.POLL_SECONDS):
@@ -2102,6 +2113,7 @@ class _Watcher:
                         if os.path.isdir(self._store.directory):
                             self._move_lock_if_replaced()
                             self._store.rescan()  # back, but cannot be watched: poll it
+                            self._store.retry_failed()
                         continue
                     rescan_due = True
                 events = self._wait_for_events()
