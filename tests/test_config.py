@@ -355,16 +355,24 @@ def test_a_path_cannot_name_another_address_in_a_refusal_line(start_client, capl
 def test_a_forwarded_address_cannot_name_another_in_a_refusal_line(start_client, caplog):
     """Behind TRUSTED_PROXY the address is X-Forwarded-For's, unchecked by waitress: a proxy
     that passes a client's own header on must not let it frame another address."""
-    client = start_client(API_TOKENS="tok-1f2e")
+    client = start_client(API_TOKENS="tok-1f2e", LOCALHOST_BYPASS="0")  # as the header would
     caplog.set_level(logging.INFO)
-    forged = "198.51.100.4 from 203.0.113.77: no valid credentials"
+    forged = [
+        "198.51.100.4 from 203.0.113.77: no valid credentials",
+        "::1%x from 203.0.113.77",  # an IPv6 scope id, which ipaddress takes as it is
+        "2001:db8::1",
+    ]
 
-    response = client.get(RUNS, environ_base={"REMOTE_ADDR": forged})
+    for address in forged:
+        assert client.get(RUNS, environ_base={"REMOTE_ADDR": address}).status_code == 401
 
-    assert response.status_code == 401
     failregex = re.compile(r"refused \S+ \S+ from (?P<host>\S+): no valid credentials")
     hosts = [match["host"] for match in map(failregex.search, caplog.text.splitlines()) if match]
-    assert hosts == ["198.51.100.4%20from%20203.0.113.77%3A%20no%20valid%20credentials"]
+    assert hosts == [
+        "198.51.100.4%20from%20203.0.113.77:%20no%20valid%20credentials",
+        "::1%25x%20from%20203.0.113.77",
+        "2001:db8::1",
+    ]
 
 
 def test_waitress_queue_warnings_are_quieted(capsys):
