@@ -414,19 +414,33 @@ def _is_loopback(address: str | None) -> bool:
     return (mapped or peer).is_loopback
 
 
-def _names_loopback(host: str) -> bool:
+# localhost, and the names Debian's and Red Hat's /etc/hosts give to ::1 and 127.0.0.1.
+LOOPBACK_NAMES = frozenset(
+    {"localhost", "ip6-localhost", "ip6-loopback", "localhost6", "localhost.localdomain"}
+)
+
+
+def _names_loopback(host: str | None) -> bool:
     """Tell whether a Host header names this machine's loopback: localhost, or such an address.
 
     A web page whose own name its author re-points at 127.0.0.1 (DNS rebinding) reaches us
     from loopback, yet its requests carry its own name, and its Origin that same name: only
-    the Host header tells it from a local script or a browser opened on localhost.
+    the Host header tells it from a local script or a browser opened on localhost. A request
+    with no Host at all (HTTP/1.0, a raw health check) comes from no browser.
     """
+    if host is None:
+        return True
     try:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
     except ValueError:  # 'http://[' and the like
         return False
-    if name == "localhost" or name.endswith(".localhost"):  # loopback by RFC 6761
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):  # .localhost: RFC 6761
         return True
+    with contextlib.suppress(ValueError):
+        # 0.0.0.0 too: the start-up line names it when HOST=0.0.0.0. No DNS answer can make
+        # a page's own origin an address literal, so neither can be rebound.
+        if ipaddress.ip_address(name).is_unspecified:
+            return True
     return _is_loopback(name)
 
 
@@ -454,18 +468,25 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 def authenticate() -> str | None:
     """Return how the request is authenticated ('bypass', 'token', 'basic') or None."""
     config = current_app.config
-    if (
+    local = (
         config["LOCALHOST_BYPASS"]
         and _is_loopback(request.environ.get("REMOTE_ADDR"))
         and not any(name in request.headers for name in PROXY_HEADERS)
-        and _names_loopback(request.headers.get("Host", ""))
-    ):
+    )
+    # For the refusal's log line: a local request refused only for its Host is a puzzle.
+    g.host_not_loopback = local and not _names_loopback(request.headers.get("Host"))
+    if local and not g.host_not_loopback:
         # Admitted, as the original admitted every local request; but an agent tested on
         # this host with a wrong token would pass here and fail from its own: say so.
         # An empty one is none: curl -H "Authorization: Bearer $REGISTRY_TOKEN" with the
-        # variable unset, as on the registry's own host the README allows.
-        _, _, credential = request.headers.get("Authorization", "").partition(" ")
-        presents = bool(credential.strip() or request.headers.get("X-API-Key", "").strip())
+        # variable unset, as on the registry's own host the README allows. A lone word is
+        # one: 'Authorization: $TOKEN', the scheme forgotten.
+        scheme, _, credential = request.headers.get("Authorization", "").strip().partition(" ")
+        presents = bool(
+            credential.strip()
+            or scheme.lower() not in ("", "bearer", "basic")
+            or request.headers.get("X-API-Key", "").strip()
+        )
         if presents and _checked_credentials() is None:
             auth_log.warning(
                 "wrong credentials from %s admitted by the localhost bypass; "
@@ -640,10 +661,14 @@ def register_hooks(app: Flask) -> None:
             # Who was refused, for fail2ban and the like: behind a TRUSTED_PROXY this is the
             # client's address, not the proxy's. Never the credentials tried.
             auth_log.warning(
-                "refused %s %s from %s: no valid credentials",
+                "refused %s %s from %s: no valid credentials%s",
                 request.method,
                 loggable_path(),
                 loggable_address(),
+                f" (Host {quote(request.host, safe=':[]')} names no loopback: no localhost "
+                "bypass; see README)"
+                if g.get("host_not_loopback")
+                else "",
             )
             return error_response(
                 "authentication required: send a bearer token, X-API-Key or HTTP Basic",

@@ -155,17 +155,25 @@ def test_the_bypass_needs_a_loopback_peer_and_a_loopback_host_name(client):
     assert [response.status_code for response in local] == [200, 200, 200, 200]
 
 
+def test_a_local_request_refused_for_its_host_says_why_in_the_log(client, caplog):
+    caplog.set_level(logging.WARNING)
+
+    assert_401(client.get(RUNS, headers={"Host": "registry.example.com"}))
+    assert "(Host registry.example.com names no loopback: no localhost bypass" in caplog.text
+
+
 def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, caplog):
     """As the original did; but an agent tested on the registry's host must learn its token is
     wrong before it runs on its own host, where it would get 401."""
     caplog.set_level(logging.WARNING)
     wrong_token = client.post(RUNS, json=make_run(), headers={"Authorization": "Bearer tok-X"})
     wrong_password = client.get(RUNS, headers=basic(USER, "guess"))
+    no_scheme = client.get(RUNS, headers={"Authorization": "tok-beta-93ab"})  # Bearer forgotten
     right = client.get(RUNS, headers={"X-API-Key": "tok-beta-93ab"})
     without = client.get(RUNS)
 
-    statuses = [r.status_code for r in (wrong_token, wrong_password, right, without)]
-    assert statuses == [201, 200, 200, 200]
+    statuses = [r.status_code for r in (wrong_token, wrong_password, no_scheme, right, without)]
+    assert statuses == [201, 200, 200, 200, 200]
     warnings = [r.getMessage() for r in caplog.records if "bypass" in r.getMessage()]
     assert (
         warnings
@@ -173,7 +181,7 @@ def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, cap
             "wrong credentials from 127.0.0.1 admitted by the localhost bypass; "
             "from another host they would be refused"
         ]
-        * 2
+        * 3
     )
     assert "tok-X" not in caplog.text and "guess" not in caplog.text
 

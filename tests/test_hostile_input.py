@@ -434,12 +434,17 @@ def test_only_a_loopback_host_name_keeps_the_bypass(bypass_server, server):
     for host, bypassed in [
         (b"Host: localhost", True),
         (b"Host: 127.0.0.1", True),
+        (b"Host: 0.0.0.0:8080", True),  # the start-up line's address with HOST=0.0.0.0
+        (b"Host: ip6-localhost", True),  # Debian's /etc/hosts name for ::1
         (b"Host: evil.example", False),
         (b"Host: localhost.evil.example", False),
+        (b"Host: 0.0.0.0.evil.example", False),
     ]:
         request = get(RUNS.encode()).replace(b"Host: localhost", host)
         assert raw_request(bypass_server, request)[0] == (200 if bypassed else 401), host
         assert raw_request(server, request)[0] == 401  # bypass off: Host cannot turn it on
+    # No Host at all: HTTP/1.0, or a raw health check; no browser sends that.
+    assert raw_request(bypass_server, b"GET " + RUNS.encode() + b" HTTP/1.0\r\n\r\n")[0] == 200
 
 
 # --- slow clients ----------------------------------------------------------------------------
