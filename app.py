@@ -304,6 +304,13 @@ def _ecma_end_anchors(pattern: str) -> str:
             in_class = char != "]"
         elif char == "[":
             in_class = True
+            # As Python reads a class (the pattern is compiled by Python): a ']' first in it,
+            # after any '^', is a character, not its end.
+            opening = "[^]" if pattern.startswith("[^]", index) else "[]"
+            if pattern.startswith(opening, index):
+                parts.append(opening)
+                index += len(opening)
+                continue
         elif char == "$":
             char = r"\Z"
         parts.append(char)

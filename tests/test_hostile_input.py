@@ -586,6 +586,8 @@ def test_a_long_field_with_a_bad_last_character_is_refused_at_once(field, prefix
         ("^[$]a$", "$a", True),  # so is one in a class
         ("^(a$|b)", "a\n", False),
         ("^(a$|b)", "b\n", True),  # not anchored: the newline may follow
+        ("^[]$]+$", "]$", True),  # Python reads a ']' first in a class as a character
+        ("^[^]$]+$", "ab", True),
     ],
 )
 def test_schema_patterns_read_dollar_as_ecma_262_does(pattern, text, matches):
