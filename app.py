@@ -649,6 +649,7 @@ def register_hooks(app: Flask) -> None:
 
     @app.before_request
     def refuse_a_path_that_is_not_utf8() -> Response | None:
+        g.started = time.perf_counter()  # first: the access log times every answer
         # Werkzeug decodes a path's bytes as UTF-8 with errors replaced: /v1/backup-runs/%FF
         # served, and its DELETE removed, the run whose id is U+FFFD. Refuse, don't guess.
         try:
@@ -659,7 +660,6 @@ def register_hooks(app: Flask) -> None:
 
     @app.before_request
     def check_auth() -> Response | None:
-        g.started = time.perf_counter()
         refusal = cross_site_refusal()
         if refusal is not None:
             return error_response(refusal, 403)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -424,6 +425,9 @@ def test_a_path_whose_percent_encoding_is_not_utf8_is_refused(bypass_server, enc
             assert status == 400, body
             assert json.loads(body) == {"error": "path: not valid UTF-8 once percent-decoded"}
         assert replaced.exists()
+        # Timed from the first hook: the refusal came before the one that started the clock.
+        timings = re.findall(r" 400 (-?[0-9.]+)ms", bypass_server.log())
+        assert timings and not any(ms.startswith("-") for ms in timings)
     finally:
         replaced.unlink()
 
