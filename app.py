@@ -28,6 +28,7 @@ from werkzeug.routing import PathConverter
 import jobs
 import ui
 from store import (
+    MAX_RUN_FILE_BYTES,
     STATUSES,
     InvalidRunId,
     RunFileTaken,
@@ -83,6 +84,13 @@ def _whole_number(text: str, low: int, high: int) -> int:
 def _port(text: str) -> int:
     # Not 0: the system would pick a port, and no agent would know which.
     return _whole_number(text, 1, 65535)
+
+
+def _body_size(text: str) -> int:
+    # A report grows up to 4x once stored (1E15 is written 1000000000000000.0), and the store
+    # reads no run file over MAX_RUN_FILE_BYTES: a larger limit would admit bodies whose
+    # POST could only be refused, after being read and checked.
+    return _whole_number(text, 1, MAX_RUN_FILE_BYTES // 4)
 
 
 def _thread_count(text: str) -> int:
@@ -145,7 +153,7 @@ SETTINGS.update(
         "CHANNEL_TIMEOUT": (60, _positive),
         "TRUSTED_PROXY": ("", _proxy_address),
         # 413 above this. Waitress itself stops reading a little past it (see _serve).
-        "MAX_BODY_BYTES": (MAX_BODY_BYTES, _positive),
+        "MAX_BODY_BYTES": (MAX_BODY_BYTES, _body_size),
         "WATCH_STORE": (True, _flag),
         "JOBS_FILE": ("", str),
     }

@@ -144,6 +144,7 @@ def test_flags_override_the_environment():
         ({"PORT": ""}, "PORT"),
         ({"PORT": "0"}, "PORT"),  # the system would pick one no agent knows
         ({"THREADS": "100000"}, "THREADS"),
+        ({"MAX_BODY_BYTES": "40000000"}, "MAX_BODY_BYTES"),  # its runs could not be stored
         ({"STORE_DIR": ""}, "STORE_DIR"),  # would make the working folder the store
         ({"STORE_DIR": "  "}, "STORE_DIR"),
         ({"TRUSTED_PROXY": "foo bar"}, "TRUSTED_PROXY"),  # waitress would never match it
