@@ -804,6 +804,7 @@ class RunStore:
         self._warned: dict[str, tuple | None] = {}
         self._failing: set[str] = set()  # names follow() could not check; retried
         self._racy: dict[str, int] = {}  # run id -> when its file is old enough to trust (ns)
+        self._unlistable: str | None = None  # why the last rescan could not list the folder
         # Ids delete() removed lately, and when: the dashboard's "Run X was deleted"
         # notice takes X from its address, and must name only a deletion that happened.
         self._deletions: OrderedDict[str, float] = OrderedDict()
@@ -1066,7 +1067,14 @@ class RunStore:
         and answers resume once it succeeds, or the file is gone. Without a watcher nothing
         is followed, and nothing is promised: listings then serve what they can read.
         """
-        if self._watcher is None or not self._failing:
+        if self._watcher is None:
+            return
+        if self._unlistable is not None:
+            raise StoreUnavailable(
+                f"{self._unlistable}, so changes to it cannot be seen: answers resume once it "
+                "can be listed"
+            )
+        if not self._failing:
             return
         # Only a run the index serves can be shown as it no longer is. A file it never held
         # and cannot read (an I/O error on a new file) is simply not served, as a broken one.
@@ -1347,6 +1355,7 @@ class RunStore:
             for run_id in list(self._runs):
                 self._remove(run_id)
             self._failing.clear()  # no folder, nothing to follow
+            self._unlistable = None  # and no runs to show as they were
 
     def rescan(self) -> None:
         """Bring the index in line with the folder, re-reading only files whose stat changed.
@@ -1355,9 +1364,24 @@ class RunStore:
         checked all the same.
         """
         scan_started = time.time_ns()
+        try:
+            listing = self._list_folder()
+        except StoreError as exc:
+            # Then no change can be seen (in the polling fallback, none at all): listings
+            # refuse until it can be listed (see _refuse_if_behind). Said once, not per turn.
+            if self._unlistable is None:
+                log.warning("%s; listings answer 503 until it can be listed again", exc)
+            self._unlistable = str(exc)
+            raise
+        if self._unlistable is not None:
+            log.info("store folder %s can be listed again", self.directory)
+            self._unlistable = None
         seen: set[str] = set()
         names: set[str] = set()
-        for name, run_id in self._run_files():
+        for name in listing:
+            run_id = self._run_id_of(name)
+            if run_id is None:
+                continue
             seen.add(run_id)
             names.add(name)
             self.follow(name, run_id, scan_started_ns=scan_started)
@@ -1462,13 +1486,6 @@ class RunStore:
                 return [entry.name for entry in entries]
         except OSError as exc:
             raise _store_error(exc, "list the store folder") from exc
-
-    def _run_files(self) -> Iterator[tuple[str, str]]:
-        """Yield (file name, run id) for every run file in the folder, skipping all else."""
-        for name in self._list_folder():
-            run_id = self._run_id_of(name)
-            if run_id is not None:
-                yield name, run_id
 
     def _run_id_of(self, name: str) -> str | None:
         if not _may_be_run_file(name):
@@ -2158,6 +2175,8 @@ class _Watcher:
                     next_retry = time.monotonic() + self.RETRY_SECONDS
                     self._store.retry_failed()
                     self._store.settle_racy()
+            except StoreError:
+                self._stop.wait(1.0)  # the store logged it, once (an unlistable folder)
             except Exception:
                 # The watcher must outlive one bad moment (a folder briefly gone, say).
                 log.exception("store watcher error; retrying")
