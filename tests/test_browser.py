@@ -11,7 +11,7 @@ import html
 import json
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -340,6 +340,34 @@ def test_nothing_sticks_out_sideways_on_a_small_phone(live_server_factory, brows
     finally:
         page.context.close()
     assert problems.messages == []
+
+
+def test_a_row_the_jobs_state_calls_failing_carries_the_failure_bar(live_server_factory, page):
+    """Runs overlap: the row shows a long success that ended last, job monitoring judges the
+    failure that began later. The row sorts with the failures and must look like one."""
+    server = live_server_factory()
+    now = datetime.now(UTC)
+
+    def at(hours_ago: float) -> str:
+        return (now - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    daily = [
+        make_run(
+            f"d{day}", job_name="overlap", start_time=at(24 * day + 5), end_time=at(24 * day + 4.9)
+        )
+        for day in range(1, 6)
+    ]
+    long_success = make_run("long", job_name="overlap", start_time=at(5), end_time=at(0.2))
+    short_failure = make_run(
+        "short", job_name="overlap", status="failure", start_time=at(4), end_time=at(3.9)
+    )
+    post_runs(server, [*daily, long_success, short_failure])
+
+    page.goto(server.url + "/")
+    row = page.locator("table.jobs tbody tr").first
+    expect(row).to_contain_text("failing")
+    bar = row.locator("> :first-child").evaluate("cell => getComputedStyle(cell).boxShadow")
+    assert "inset" in bar, bar
 
 
 def write_runs(store_dir: Path, runs: list[dict]) -> None:
