@@ -429,12 +429,6 @@ def _is_loopback(address: str | None) -> bool:
     return (mapped or peer).is_loopback
 
 
-# localhost, and the names Debian's and Red Hat's /etc/hosts give to ::1 and 127.0.0.1.
-LOOPBACK_NAMES = frozenset(
-    {"localhost", "ip6-localhost", "ip6-loopback", "localhost6", "localhost.localdomain"}
-)
-
-
 def _names_loopback(host: str | None) -> bool:
     """Tell whether a Host header names this machine's loopback: localhost, or such an address.
 
@@ -449,7 +443,10 @@ def _names_loopback(host: str | None) -> bool:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
     except ValueError:  # 'http://[' and the like
         return False
-    if name in LOOPBACK_NAMES or name.endswith(".localhost"):  # .localhost: RFC 6761
+    # RFC 6761 reserves these for loopback. Not the names only /etc/hosts may define
+    # (ip6-localhost, localhost6): where it does not, they go to DNS with the search domain
+    # appended, and whoever answers for that could rebind them.
+    if name == "localhost" or name.endswith(".localhost"):
         return True
     with contextlib.suppress(ValueError):
         # 0.0.0.0 too: the start-up line names it when HOST=0.0.0.0. No DNS answer can make
@@ -648,8 +645,10 @@ def loggable_path() -> str:
     The path is the client's: left with its spaces, '/x from 203.0.113.9: no valid
     credentials' made a refusal line that a fail2ban rule reads as that address's, so anyone
     could have any address banned. Encoded, it holds no space, quote or control character.
+    Its bytes as sent: request.path has each byte that is not UTF-8 replaced by U+FFFD.
     """
-    return quote(request.path, safe="/!$&()*+,:;=@")
+    path = request.script_root + request.environ.get("PATH_INFO", "")
+    return quote(path.encode("latin-1", "replace"), safe="/!$&()*+,:;=@")
 
 
 def register_hooks(app: Flask) -> None:
@@ -680,8 +679,8 @@ def register_hooks(app: Flask) -> None:
                 request.method,
                 loggable_path(),
                 loggable_address(),
-                f" (Host {quote(request.host, safe=':[]')} names no loopback: no localhost "
-                "bypass; see README)"
+                f" (Host {quote(request.headers.get('Host', ''), safe=':[]')} names no "
+                "loopback: no localhost bypass; see README)"
                 if g.get("host_not_loopback")
                 else "",
             )

@@ -159,7 +159,9 @@ def test_a_local_request_refused_for_its_host_says_why_in_the_log(client, caplog
     caplog.set_level(logging.WARNING)
 
     assert_401(client.get(RUNS, headers={"Host": "registry.example.com"}))
+    assert_401(client.get(RUNS, headers={"Host": "a b"}))  # as sent, not as Werkzeug cleans it
     assert "(Host registry.example.com names no loopback: no localhost bypass" in caplog.text
+    assert "(Host a%20b names no loopback" in caplog.text
 
 
 def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, caplog):
