@@ -814,6 +814,9 @@ class RunStore:
         self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
         self._open_directory()
+        # A store at the mount point of its own disk: should the disk go, the path is the
+        # bare folder beneath, and what was written there would hide once it came back.
+        self._at_mount_point = os.path.ismount(self._path)
         self._exclusive = exclusive
         self._folder_lock = _lock_folder(self.directory) if exclusive else None
         # Watch before the first scan, so that nothing changed during the scan is missed.
@@ -908,6 +911,7 @@ class RunStore:
         run_id = run["run_id"]
         name = file_name_for(run_id)
         summary = RunSummary(run, run_id, None)  # checks the fields the index needs first
+        self._refuse_if_unmounted()
         # One line per file: `grep failure store/*.json` then shows whole records.
         data = (json.dumps(run, ensure_ascii=False) + "\n").encode("utf-8")
         if len(data) > MAX_RUN_FILE_BYTES:  # it would be skipped when read back
@@ -966,6 +970,7 @@ class RunStore:
     def delete(self, run_id: str) -> bool:
         """Remove a run; return whether it was there. Deleting a missing run is not an error."""
         path = self.directory / file_name_for(run_id)
+        self._refuse_if_unmounted()
         with self._id_lock(run_id):
             try:
                 os.unlink(path)
@@ -1013,7 +1018,17 @@ class RunStore:
 
     def get_raw(self, run_id: str) -> bytes:
         """Return the stored run's JSON exactly as its file holds it, read from disk now."""
+        self._refuse_if_unmounted()
         return self._read_raw(run_id, file_name_for(run_id))[1]
+
+    def _refuse_if_unmounted(self) -> None:
+        """Raise StoreUnavailable if the store was a mount point at start and is not now."""
+        if self._at_mount_point and not os.path.ismount(self._path):
+            raise StoreUnavailable(
+                f"store folder {self.directory} was a mount point at start and is not now (its "
+                "disk unmounted?): nothing is read from or written to the folder beneath; "
+                "mount it again, or restart the registry to serve that folder"
+            )
 
     def _read_raw(self, run_id: str, name: str) -> tuple[tuple, bytes]:
         """Read a run file and check it holds that run; return (signature, JSON bytes)."""
@@ -1067,6 +1082,7 @@ class RunStore:
         and answers resume once it succeeds, or the file is gone. Without a watcher nothing
         is followed, and nothing is promised: listings then serve what they can read.
         """
+        self._refuse_if_unmounted()
         if self._watcher is None:
             return
         if self._unlistable is not None:

@@ -371,3 +371,53 @@ def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_fault
 
     assert statuses.pop("first") == 503
     assert set(statuses.values()) == {201} and len(statuses) == 6
+
+
+# --- a store whose disk goes away ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["real", "injected"] if can_mount() else ["injected"])
+def test_a_store_at_a_mount_point_refuses_while_its_disk_is_unmounted(tmp_path, monkeypatch, how):
+    """STORE_DIR the mount point of its own disk: unmounted, the path is the bare folder
+    beneath. Runs posted then went there, 201, and hid once the disk came back; listings and
+    the dashboard showed an empty registry meanwhile."""
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    mounted = {"now": True}
+    if how == "real":
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store_dir)], check=True
+        )
+    else:  # the kernel's answer, injected: only for the store folder
+        real_ismount = os.path.ismount
+
+        def ismount(path) -> bool:
+            if Path(os.fspath(path)) == store_dir:
+                return mounted["now"]
+            return real_ismount(path)
+
+        monkeypatch.setattr(store_module.os.path, "ismount", ismount)
+    app = create_app({"STORE_DIR": str(store_dir), "API_TOKENS": ""})
+    client = app.test_client()
+    try:
+        assert client.post(RUNS, json=make_run("before")).status_code == 201
+
+        if how == "real":
+            subprocess.run(["umount", "-l", str(store_dir)], check=True)
+        mounted["now"] = False
+        posted = client.post(RUNS, json=make_run("while-unmounted"))
+        listed = client.get(RUNS)
+        deleted = client.delete(f"{RUNS}/before")
+
+        assert (posted.status_code, listed.status_code, deleted.status_code) == (503, 503, 503)
+        assert "mount point" in posted.get_json()["error"]
+        assert "while-unmounted.json" not in os.listdir(store_dir)  # nor in the one beneath
+
+        if how == "real":
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(store_dir)], check=True)
+        mounted["now"] = True
+        assert client.post(RUNS, json=make_run("mounted-again")).status_code == 201
+    finally:
+        app.extensions["store"].close()
+        if how == "real" and os.path.ismount(store_dir):
+            subprocess.run(["umount", "-l", str(store_dir)], check=False)
