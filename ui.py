@@ -62,6 +62,11 @@ def add_security_headers(response: Response) -> Response:
     """Set the browser-hardening headers on every response, unless a view chose its own."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.endpoint != "static":
+        # Answers behind auth, about runs that may be deleted: kept in a browser's cache, the
+        # Back button after a Delete showed the deleted run again. The static files are the
+        # same for everyone, and keep Flask's revalidation.
+        response.headers.setdefault("Cache-Control", "no-store")
     return response
 
 

@@ -800,6 +800,19 @@ def test_every_page_sends_the_security_headers(client):
         response.close()
 
 
+def test_pages_and_api_answers_are_not_stored_by_browsers_or_proxies(client):
+    """Behind auth, and about runs that may be deleted: the Back button after a Delete
+    showed the deleted run's page from the browser's cache."""
+    report(client)
+    for url in ["/", "/job?job_name=postgres-daily&agent_id=db-01", "/run/run-1", RUNS, "/metrics"]:
+        response = client.get(url)
+        assert response.headers["Cache-Control"] == "no-store", url
+        response.close()
+    static = client.get("/static/dashboard.css")
+    assert "no-store" not in static.headers.get("Cache-Control", "")  # the same for everyone
+    static.close()
+
+
 def test_pages_have_no_inline_script_or_style_the_policy_would_block(client):
     report(client, status="failure", error="x", metadata={"a": 1})
     for url in ["/", "/job?job_name=postgres-daily&agent_id=db-01", "/run/run-1", "/docs"]:
