@@ -43,6 +43,9 @@ log = logging.getLogger("backup_registry.jobs")
 # Worst first: the order /v1/jobs sorts by. The first five are checked in this order and the
 # first that holds wins; a muted job is "muted" whatever it would otherwise be.
 STATES = ("late", "failing", "degraded", "new", "ok", "muted")
+# The state a job's latest run gives it, when it is not late (and "ok" only once its schedule
+# is known; "new" before). The dashboard compares a row's run against it (ui.JobRow).
+STATE_OF_STATUS = {"failure": "failing", "partial": "degraded", "success": "ok"}
 FLAGS = ("size_drop", "duration_anomaly", "unencrypted")
 INTERVAL_RUNS = 20  # the interval is the median gap between at most this many latest starts
 MIN_INTERVAL_RUNS = 3
@@ -591,10 +594,8 @@ class JobStats:
             state = "late"
         elif self.latest is None:
             state = "new"  # never reported, and not overdue (yet)
-        elif self.latest.status == "failure":
-            state = "failing"
-        elif self.latest.status == "partial":
-            state = "degraded"
+        elif self.latest.status != "success":
+            state = STATE_OF_STATUS[self.latest.status]
         elif self.interval is None:
             state = "new"
         else:

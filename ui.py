@@ -112,7 +112,7 @@ class JobRow:
         """
         if self.state in ("late", "new", "muted"):
             return True
-        return STATE_OF_STATUS.get(self.latest.status) != self.state and self.state is not None
+        return jobs.STATE_OF_STATUS.get(self.latest.status) != self.state and self.state is not None
 
     @property
     def shown_flags(self) -> tuple[str, ...]:
@@ -409,10 +409,6 @@ def parse_overview_filters(args) -> OverviewFilters:
         setattr(filters, name, moment)
         setattr(filters, f"{name}_text", text)
     return filters
-
-
-# What job monitoring calls a job whose latest run has this status (jobs.py).
-STATE_OF_STATUS = {"success": "ok", "failure": "failing", "partial": "degraded"}
 
 
 def attention_rank(row: JobRow) -> int:
