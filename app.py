@@ -742,9 +742,20 @@ def register_api(app: Flask) -> None:
 
     @app.get("/health")
     def health() -> Response:
-        return json_response(
-            {"status": "healthy", "version": __version__, "timestamp": format_timestamp(now())}
-        )
+        answer = {"status": "healthy", "version": __version__, "timestamp": format_timestamp(now())}
+        problem = get_store().health_problem()
+        # Logged when it changes, not at every poll of a monitor. The cause names the
+        # store's path: it goes to the log, not to whoever may ask.
+        if problem != app.extensions.get("health_problem"):
+            app.extensions["health_problem"] = problem
+            if problem is None:
+                log.info("health: healthy again")
+            else:
+                log.warning("health: unhealthy: %s", problem)
+        if problem is None:
+            return json_response(answer)
+        answer.update(status="unhealthy", error="store: unavailable; the server log says why")
+        return json_response(answer, 503)
 
     @app.get("/openapi.json")
     def openapi_document() -> Response:

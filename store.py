@@ -1021,6 +1021,25 @@ class RunStore:
         self._refuse_if_unmounted()
         return self._read_raw(run_id, file_name_for(run_id))[1]
 
+    def health_problem(self) -> str | None:
+        """Say why the store cannot be read or written now, or None when it can.
+
+        Each cause here also makes the API answer 503; /health reports it so that a monitor
+        polling /health learns that reports are being refused. A full disk is not one: reads
+        still work, and whether a write fits depends on the write.
+        """
+        try:
+            self._refuse_if_behind()
+        except StoreUnavailable as exc:
+            return str(exc)
+        if not os.path.isdir(self._path):
+            return f"store folder {self.directory} is missing"
+        # access(2) answers EROFS for a read-only file system, to root too: a disk with
+        # errors that the kernel remounted read-only is the likely case here.
+        if not os.access(self._path, os.W_OK | os.X_OK):
+            return f"store folder {self.directory} is not writable"
+        return None
+
     def _refuse_if_unmounted(self) -> None:
         """Raise StoreUnavailable if the store was a mount point at start and is not now."""
         if self._at_mount_point and not os.path.ismount(self._path):

@@ -15,6 +15,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ class Disk:
 
     def _install_injection(self) -> None:
         real_open, real_write, real_fsync = os.open, os.write, os.fsync
-        real_replace, real_unlink = os.replace, os.unlink
+        real_replace, real_unlink, real_access = os.replace, os.unlink, os.access
 
         def open_(path, flags, *args, **kwargs):
             if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and self._inside(path):
@@ -161,7 +162,14 @@ class Disk:
                 self._raise("modify", path)
             return real_unlink(path, *args, **kwargs)
 
+        def access(path, mode, *args, **kwargs):
+            # access(2) on a read-only file system answers EROFS for W_OK, to root too.
+            if mode & os.W_OK and self._inside(path) and "modify" in self._injected:
+                return False
+            return real_access(path, mode, *args, **kwargs)
+
         for name, function in (
+            ("access", access),
             ("open", open_),
             ("write", write),
             ("fsync", fsync),
@@ -271,9 +279,16 @@ def test_read_only_store_answers_503_and_keeps_every_record(disk, faulty, caplog
         overwrite = faulty.post(RUNS, json=make_run(status="partial"))
         delete = faulty.delete(f"{RUNS}/run-1")
         listing = faulty.get(RUNS)
+        health = faulty.get("/health")
     finally:
         disk.make_writable()
 
+    # A monitor polling /health learns that reports are refused (a disk with errors that the
+    # kernel remounted read-only); the cause is in the log, not in the public answer.
+    assert health.status_code == 503
+    assert health.json["status"] == "unhealthy" and str(disk.store) not in health.text
+    assert "not writable" in caplog.text
+    assert faulty.get("/health").json["status"] == "healthy"
     assert_clean_error(overwrite, 503, caplog)
     assert "read-only" in overwrite.json["error"]
     assert_clean_error(delete, 503, caplog)
@@ -409,15 +424,54 @@ def test_a_store_at_a_mount_point_refuses_while_its_disk_is_unmounted(tmp_path, 
         listed = client.get(RUNS)
         deleted = client.delete(f"{RUNS}/before")
 
+        health = client.get("/health")
+
         assert (posted.status_code, listed.status_code, deleted.status_code) == (503, 503, 503)
         assert "mount point" in posted.get_json()["error"]
+        assert (health.status_code, health.json["status"]) == (503, "unhealthy")
         assert "while-unmounted.json" not in os.listdir(store_dir)  # nor in the one beneath
 
         if how == "real":
             subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(store_dir)], check=True)
         mounted["now"] = True
         assert client.post(RUNS, json=make_run("mounted-again")).status_code == 201
+        assert client.get("/health").status_code == 200
     finally:
         app.extensions["store"].close()
         if how == "real" and os.path.ismount(store_dir):
             subprocess.run(["umount", "-l", str(store_dir)], check=False)
+
+
+# --- /health ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("watch", ["1", "0"])
+def test_health_is_unhealthy_while_the_store_folder_is_gone(tmp_path, caplog, watch):
+    """A monitor polling /health must learn that every report is refused (503), and when that
+    ends; the log says why once, not at every poll."""
+    caplog.set_level(logging.INFO)
+    store_dir = tmp_path / "store"
+    app = create_app({"STORE_DIR": str(store_dir), "API_TOKENS": "", "WATCH_STORE": watch})
+    client = app.test_client()
+    try:
+        assert client.post(RUNS, json=make_run()).status_code == 201
+        store_dir.rename(tmp_path / "moved-away")
+
+        answers = [client.get("/health") for _ in range(3)]
+        posted = client.post(RUNS, json=make_run("run-2"))
+
+        assert posted.status_code == 503
+        assert [answer.status_code for answer in answers] == [503, 503, 503]
+        assert answers[0].json["status"] == "unhealthy" and answers[0].json["error"]
+        assert str(tmp_path) not in answers[0].text
+        assert caplog.text.count("health: unhealthy") == 1
+
+        (tmp_path / "moved-away").rename(store_dir)
+        deadline = time.monotonic() + 10
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        assert client.get("/health").json["status"] == "healthy"
+        assert "health: healthy again" in caplog.text
+    finally:
+        app.extensions["store"].close()
