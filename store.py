@@ -275,6 +275,14 @@ class RunSummary:
         # Ascending order of this key is newest received first, ties broken by run id.
         self.key = (-self.received_us, run_id)
 
+    def holds_the_same(self, other: RunSummary) -> bool:
+        """Tell whether other summarises the same content, whatever the stat signatures say."""
+        return all(
+            getattr(self, field) == getattr(other, field)
+            for field in self.__slots__
+            if field != "signature"
+        )
+
     @property
     def job(self) -> tuple[str, str]:
         """The job this run belongs to: (job_name, agent_id)."""
@@ -1049,8 +1057,8 @@ class RunStore:
                 "mount it again, or restart the registry to serve that folder"
             )
 
-    def _read_raw(self, run_id: str, name: str) -> tuple[tuple, bytes]:
-        """Read a run file and check it holds that run; return (signature, JSON bytes)."""
+    def _read_raw(self, run_id: str, name: str) -> tuple[RunSummary, bytes]:
+        """Read a run file and check it holds that run; return (its summary, JSON bytes)."""
         try:
             signature, raw = _read_file(self._path, name)
         except FileNotFoundError as exc:
@@ -1064,11 +1072,11 @@ class RunStore:
             raise _store_error(exc, "read run") from exc
         try:
             # What the index demands of a run, so that GET serves only what listings show.
-            RunSummary(_parse_run(raw), run_id, signature)
+            summary = RunSummary(_parse_run(raw), run_id, signature)
         except (ValueError, TypeError, RecursionError) as exc:
             self._warn_once(name, signature, f"skipped, not a valid run: {exc}")
             raise RunNotFound(run_id) from None
-        return signature, raw.rstrip()
+        return summary, raw.rstrip()
 
     def list_runs(self, query: RunQuery) -> RunPage:
         """Return one page of runs matching query, newest received first."""
@@ -1083,10 +1091,11 @@ class RunStore:
                 break
             # The index was behind the folder (a change the watcher has not handled yet, or no
             # watcher): bring those runs up to date and select again, so that the page and its
-            # total count only what can be served.
+            # total count only what can be served. Read whatever the stat says: a rewrite
+            # within one timestamp tick keeps it.
             for run_id in unserved:
                 try:
-                    self.refresh(file_name_for(run_id), run_id)
+                    self.refresh(file_name_for(run_id), run_id, written_in_place=True)
                 except OSError as exc:
                     raise _store_error(exc, "read run") from exc
         next_after = summaries[-1].key if len(keys) > query.limit else None
@@ -1133,10 +1142,15 @@ class RunStore:
                     self._raw_cache.move_to_end(summary.run_id)
             return cached[1]
         try:
-            signature, raw = self._read_raw(summary.run_id, file_name_for(summary.run_id))
+            found, raw = self._read_raw(summary.run_id, file_name_for(summary.run_id))
         except RunNotFound:
             return None  # deleted or broken since the index look-up
-        self._cache_raw(summary.run_id, signature, raw)
+        if not found.holds_the_same(summary):
+            # Rewritten since the look-up: these bytes may not match the filters the indexed
+            # version passed (a re-post flipping a run's status put a "success" in a
+            # status=failure page). The caller brings the index up to date and selects again.
+            return None
+        self._cache_raw(summary.run_id, found.signature, raw)
         return raw
 
     def _cache_raw(self, run_id: str, signature: tuple, raw: bytes) -> None:

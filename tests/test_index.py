@@ -587,9 +587,48 @@ def test_bytes_read_for_a_run_deleted_meanwhile_are_not_cached(store_dir):
     bytes, which then stayed in the cache for good."""
     store = RunStore(store_dir, watch=False)
     store.save(run_record("r1", "db", "success", 1, 1))
-    signature, raw = store._read_raw("r1", "r1.json")  # what a listing read
+    summary, raw = store._read_raw("r1", "r1.json")  # what a listing read
     store.delete("r1")  # lands before the listing caches it
 
-    store._cache_raw("r1", signature, raw)
+    store._cache_raw("r1", summary.signature, raw)
 
     assert "r1" not in store._raw_cache and store._raw_cache_bytes == 0
+
+
+def test_a_run_rewritten_during_a_listing_is_not_served_unless_it_still_matches(
+    store_dir, monkeypatch
+):
+    """A re-post landing between a listing's index look-up and its read of the file put a
+    "success" run in a status=failure page (seen with two clients flipping one run)."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("flip", "db", "failure", 1, 1))
+    real_cached_raw = store._cached_raw
+    rewrites = [run_record("flip", "db", "success", 1, 1)]
+
+    def rewrite_then_read(summary):
+        if rewrites:
+            store.save(rewrites.pop())  # lands after the look-up, before the file is read
+        return real_cached_raw(summary)
+
+    monkeypatch.setattr(store, "_cached_raw", rewrite_then_read)
+
+    page = store.list_runs(RunQuery(statuses=("failure",)))
+
+    assert (page.runs, page.total) == ([], 0)
+    assert [run["status"] for run in store.list_runs(RunQuery()).runs] == ["success"]
+
+
+def test_a_run_edited_within_its_stat_signature_is_listed_as_it_is_now(store_dir, monkeypatch):
+    """With no watcher, a same-size edit within one timestamp tick keeps the stat signature
+    the index holds. A listing that reads the file sees other content than the index: it must
+    read the file again and list it as it is, not drop it from the page."""
+    monkeypatch.setattr(store_module, "_file_signature", lambda st: (st.st_ino, st.st_size, 0, 0))
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("r", "db", "success", 1, 1))
+    path = store_dir / "r.json"
+    path.write_text(path.read_text().replace('"success"', '"failure"'))  # same length
+    store._raw_cache.clear()  # pushed out by other runs' bytes, as in a large store
+
+    page = store.list_runs(RunQuery())
+
+    assert ([run["status"] for run in page.runs], page.total) == (["failure"], 1)
