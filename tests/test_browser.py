@@ -370,6 +370,43 @@ def test_a_row_the_jobs_state_calls_failing_carries_the_failure_bar(live_server_
     assert "inset" in bar, bar
 
 
+def test_on_a_phone_a_late_job_keeps_its_bar_and_a_long_name_its_labels(
+    live_server_factory, browser
+):
+    """At 375 px rows become cards: a late job's card had no bar (only failed, partial and
+    unencrypted ones had), and a 200-character name squeezed the labels to a letter a line."""
+    server = live_server_factory()
+    now = datetime.now(UTC)
+
+    def at(hours_ago: float) -> str:
+        return (now - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # Daily, last started 37 h ago: expected 13 h ago, late once the 12 h grace ran out.
+    late = [
+        make_run(f"l{hours}", job_name="late-job", start_time=at(hours), end_time=at(hours - 0.1))
+        for hours in (85, 61, 37)
+    ]
+    post_runs(server, [*late, make_run("long", job_name="J" * 200, end_time=at(0.5))])
+    page, problems = open_page(browser)
+    try:
+        page.set_viewport_size({"width": 375, "height": 740})
+        page.goto(server.url + "/")
+        late_row = page.locator("table.jobs tbody tr", has_text="late-job")
+        expect(late_row).to_contain_text("late")
+        border = late_row.evaluate("row => getComputedStyle(row).borderLeftWidth")
+        assert border == "4px", border
+        label_width = (
+            page.locator("table.jobs tbody tr", has_text="JJJJ")
+            .locator("> :first-child")
+            .evaluate("cell => parseFloat(getComputedStyle(cell, '::before').width)")
+        )
+        assert label_width > 20, f"the Job label is {label_width} px wide"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    finally:
+        page.context.close()
+    assert problems.messages == []
+
+
 def write_runs(store_dir: Path, runs: list[dict]) -> None:
     """Lay run files into a store folder before the server starts, as rsync would."""
     store_dir.mkdir(parents=True, exist_ok=True)
