@@ -374,6 +374,18 @@ class OverviewFilters:
 ENCRYPTION_FILTERS = ("encrypted", "unencrypted", "unknown")  # JobRow.encryption's values
 
 
+# The overview's own query parameters; its sort links carry these on, and nothing else.
+OVERVIEW_FILTER_NAMES = ("job", "agent", "status", "state", "encryption", "since", "until")
+# How much of a bad value a notice repeats: enough to spot a typo, too little for a message
+# someone slipped into a link.
+ECHOED_CHARS = 24
+
+
+def _echoed(value: str) -> str:
+    """Quote a bad filter value for a notice, cut short."""
+    return repr(value if len(value) <= ECHOED_CHARS else value[:ECHOED_CHARS] + "…")
+
+
 def parse_overview_filters(args) -> OverviewFilters:
     """Read the filter form; a bad value is reported and ignored rather than failing the page."""
     filters = OverviewFilters(agent=args.get("agent", ""), job=args.get("job", "").strip())
@@ -381,17 +393,20 @@ def parse_overview_filters(args) -> OverviewFilters:
     statuses = [status for status in statuses if status]
     unknown = [status for status in statuses if status not in STATUSES]
     if unknown:
-        filters.problems.append(f"status: unknown value {unknown[0]!r}; ignored")
+        filters.problems.append(f"status: unknown value {_echoed(unknown[0])}; ignored")
     filters.statuses = tuple(dict.fromkeys(s for s in statuses if s in STATUSES))
-    # Any word is taken: without job monitoring no row has a state, so none matches.
-    filters.states = tuple(
-        dict.fromkeys(part.strip() for part in args.get("state", "").split(",") if part.strip())
-    )
+    states = [part.strip() for value in args.getlist("state") for part in value.split(",")]
+    states = [state for state in states if state]
+    unknown = [state for state in states if state not in STATE_RANK]
+    if unknown:
+        filters.problems.append(f"state: unknown value {_echoed(unknown[0])}; ignored")
+    # Without job monitoring no row has a state, so a known one matches none.
+    filters.states = tuple(dict.fromkeys(state for state in states if state in STATE_RANK))
     encryption = args.get("encryption", "")
     if encryption in ENCRYPTION_FILTERS:
         filters.encryption = encryption
     elif encryption:
-        filters.problems.append(f"encryption: unknown value {encryption!r}; ignored")
+        filters.problems.append(f"encryption: unknown value {_echoed(encryption)}; ignored")
     for name in ("since", "until"):
         text = args.get(name, "").strip()
         if not text:
@@ -399,7 +414,7 @@ def parse_overview_filters(args) -> OverviewFilters:
         try:
             moment = parse_timestamp(text, date_only_ok=True)
         except (ValueError, OverflowError):
-            filters.problems.append(f"{name}: {text!r} is not a date; ignored")
+            filters.problems.append(f"{name}: {_echoed(text)} is not a date; ignored")
             continue
         if name == "until" and len(text) == 10:
             try:
@@ -535,10 +550,12 @@ def overview() -> tuple[str, int]:
         reverse=direction == "desc",
     )
     # Every value of each filter: status=failure&status=partial keeps both in the sort links.
+    # Only the filters: url_for reads _anchor, _scheme and _method itself (a 500 for
+    # /?_anchor=x), and any other parameter is noise to carry on.
     base_args = {
         name: values
         for name, values in request.args.to_dict(flat=False).items()
-        if name not in ("sort", "dir", "deleted")
+        if name in OVERVIEW_FILTER_NAMES
     }
     return render_template(
         "overview.html",

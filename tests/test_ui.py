@@ -354,6 +354,13 @@ def test_filter_form_offers_every_agent_and_keeps_what_was_chosen(client):
         ("status=done", "status: unknown value &#39;done&#39;; ignored"),
         ("since=yesterday", "since: &#39;yesterday&#39; is not a date; ignored"),
         ("encryption=maybe", "encryption: unknown value &#39;maybe&#39;; ignored"),
+        # It matched no job at all, with no word of why.
+        ("state=Late", "state: unknown value &#39;Late&#39;; ignored"),
+        # A notice repeats enough of a value to spot a typo, not a message slipped into a link.
+        (
+            "status=ALERT:+all+backups+were+wiped:+call+the+number+below",
+            "status: unknown value &#39;ALERT: all backups were …&#39;; ignored",
+        ),
     ],
 )
 def test_a_bad_filter_value_is_named_and_ignored(client, query, message):
@@ -361,6 +368,15 @@ def test_a_bad_filter_value_is_named_and_ignored(client, query, message):
     text = page(client, "/?" + query, status=400)
     assert message in text
     assert job_order(text) == ["postgres-daily"]
+
+
+def test_parameters_that_are_no_filter_are_not_carried_on(client):
+    """url_for reads _anchor, _scheme and _method itself: /?_anchor=x answered 500."""
+    report(client)
+    text = page(client, "/?status=success&_anchor=x&_scheme=javascript&_external=1&utm=y")
+    assert job_order(text) == ["postgres-daily"]
+    assert "?status=success&amp;sort=" in text
+    assert "_anchor" not in text and "utm" not in text and "http://" not in text
 
 
 def test_overview_follows_new_and_deleted_runs(client):
