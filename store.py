@@ -1995,7 +1995,7 @@ class _Watcher:
         self._stop = threading.Event()
         self._inotify = None
         # The folder at the store's path when it was last watched; taken before the watch
-        # (see _watch_folder).
+        # (see _watch_folder). RunStore has just opened it, so it can be looked at.
         self._watched = self._folder_identity()
         # The folder the store locked (RunStore locks before it builds the watcher). Kept
         # apart from _watched: a restored folder may be served without a watch (polling, or
@@ -2102,19 +2102,31 @@ class _Watcher:
         )
 
     def _folder_identity(self) -> tuple[int, int] | None:
-        """Return (device, inode) of the folder now at the store's path, or None if none is."""
+        """Return (device, inode) of the folder now at the store's path, or None if none is.
+
+        Raise OSError when the path cannot be looked at (a parent folder's permissions, an
+        I/O error, a stale NFS handle). That says nothing of the folder being gone: taken for
+        gone, it emptied the index, and listings answered 200 with no runs at all.
+        """
         try:
             st = os.stat(self._store.directory)
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return (st.st_dev, st.st_ino)
+
+    def _folder_is_gone(self) -> bool:
+        """Tell whether nothing is at the store's path, rather than something unreachable."""
+        try:
+            return self._folder_identity() is None
+        except OSError:
+            return False  # a rescan then fails to list it, and listings answer 503
 
     def _watch_folder(self) -> bool:
         """Watch the folder now at the store's path; return False if there is none to watch."""
         # Taken before the watch is added: if the folder is replaced in between, the two
         # differ, and the next check of the identity watches the path again.
-        self._watched = self._folder_identity()
         try:
+            self._watched = self._folder_identity()
             self._wd = self._inotify.add_watch(self._store.directory, self._mask)
         except OSError:  # not there (yet), or no folder, or out of watches
             return False
@@ -2125,7 +2137,10 @@ class _Watcher:
 
     def _move_lock_if_replaced(self) -> None:
         """Move the folder lock to the folder at the store's path, if it is another one now."""
-        identity = self._folder_identity()
+        try:
+            identity = self._folder_identity()
+        except OSError:
+            return  # cannot tell: the next look does
         if identity is not None and identity != self._locked:  # a restore replaced it
             self._locked = identity
             self._store.lock_new_folder()
@@ -2141,7 +2156,7 @@ class _Watcher:
 
     def _poll(self, folder_was_there: bool) -> None:
         """Without inotify: rescan the folder, or, while it is gone, hold no runs."""
-        if os.path.isdir(self._store.directory):
+        if not self._folder_is_gone():
             self._move_lock_if_replaced()
             self._store.rescan()
             self._store.settle_racy()  # rescan re-read them: this only empties the list
@@ -2169,14 +2184,14 @@ class _Watcher:
                 if self._inotify is None:
                     if not self._stop.wait(self.POLL_SECONDS):
                         self._poll(folder_was_there)
-                        folder_was_there = os.path.isdir(self._store.directory)
+                        folder_was_there = not self._folder_is_gone()
                         self._store.retry_failed()
                     continue
                 if self._wd is None:  # the folder went away: look for it again
                     if self._stop.wait(self.POLL_SECONDS):
                         continue
                     if not self._watch_folder():
-                        if os.path.isdir(self._store.directory):
+                        if not self._folder_is_gone():
                             self._move_lock_if_replaced()
                             self._store.rescan()  # back, but cannot be watched: poll it
                             self._store.retry_failed()
@@ -2191,7 +2206,12 @@ class _Watcher:
                     next_identity_check = time.monotonic() + self.POLL_SECONDS
                     # Not every removal makes an event: a folder that is still some process's
                     # working folder (ours, with STORE_DIR=.) lives on, unnamed, until it is not.
-                    gone = self._folder_identity() != self._watched
+                    try:
+                        gone = self._folder_identity() != self._watched
+                    except OSError:
+                        # Unreachable, not gone: keep the runs, and rescan each turn. It fails
+                        # to list the folder, so listings answer 503, until it can.
+                        rescan_due = True
                 if gone:
                     self._lose_folder()
                     if not self._watch_folder():  # it may be back already

@@ -925,6 +925,21 @@ def test_run_file_the_server_may_not_read_is_skipped_until_it_may(store_dir):
         server.stop()
 
 
+def three_runs_served_as_an_ordinary_user(store_dir: Path, tmp_path: Path, watching: str):
+    """Start a server without root's powers on a new store of r1, r2 and r3, watching it
+    with inotify or, where inotify cannot be had, by polling."""
+    store_dir.mkdir(parents=True)
+    for run_id in ["r1", "r2", "r3"]:
+        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
+    env = {}
+    if watching == "polling":
+        shim = tmp_path / "no-inotify"
+        shim.mkdir()
+        (shim / "inotify_simple.py").write_text("raise ImportError('not here')\n")
+        env["PYTHONPATH"] = str(shim)
+    return LiveServer(store_dir, env, prefix=AS_AN_ORDINARY_USER).wait_ready()
+
+
 @pytest.mark.parametrize("watching", ["inotify", "polling"])
 def test_changes_the_server_cannot_follow_make_listings_refuse_until_it_can(
     store_dir, tmp_path, watching
@@ -933,16 +948,7 @@ def test_changes_the_server_cannot_follow_make_listings_refuse_until_it_can(
     it was (200), by listings, /v1/jobs, the dashboard and /metrics: the index answered from
     what it last knew. Refuse, don't guess, until the change can be followed. Polling, the
     server cannot even list the folder, so sees no change at all."""
-    store_dir.mkdir()
-    for run_id in ["r1", "r2", "r3"]:
-        drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
-    env = {}
-    if watching == "polling":  # a server where inotify cannot be had
-        shim = tmp_path / "no-inotify"
-        shim.mkdir()
-        (shim / "inotify_simple.py").write_text("raise ImportError('not here')\n")
-        env["PYTHONPATH"] = str(shim)
-    server = LiveServer(store_dir, env, prefix=AS_AN_ORDINARY_USER).wait_ready()
+    server = three_runs_served_as_an_ordinary_user(store_dir, tmp_path, watching)
 
     def statuses() -> list[int]:
         paths = [RUNS, "/v1/jobs", "/", "/metrics"]
@@ -965,6 +971,36 @@ def test_changes_the_server_cannot_follow_make_listings_refuse_until_it_can(
         listed = requests.get(server.url + RUNS, timeout=10).json()
         assert sorted(run["run_id"] for run in listed) == ["r1", "r3"]
         assert "Traceback" not in server.log()  # said once, in a line, not every second
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("watching", ["inotify", "polling"])
+def test_a_store_folder_out_of_reach_is_not_taken_for_gone(tmp_path, watching):
+    """A parent folder the server may no longer search: the store's path cannot be looked at.
+    That was taken for a folder removed, and every listing answered 200 with no runs (and
+    /v1/jobs with no jobs, so no alert fired) until a full re-read once it was back."""
+    parent = tmp_path / "parent"
+    server = three_runs_served_as_an_ordinary_user(parent / "store", tmp_path, watching)
+
+    def statuses() -> list[int]:
+        paths = [RUNS, "/v1/jobs", "/metrics", "/health"]
+        return [requests.get(server.url + path, timeout=10).status_code for path in paths]
+
+    try:
+        parent.chmod(0)
+        try:
+            eventually(lambda: statuses() == [503, 503, 503, 503], timeout=4)
+            time.sleep(2.5)  # a few more turns of the watcher: still refusing, not emptied
+            assert statuses() == [503, 503, 503, 503]
+        finally:
+            parent.chmod(0o755)
+
+        eventually(lambda: statuses() == [200, 200, 200, 200], timeout=4)
+        listed = requests.get(server.url + RUNS, timeout=10).json()
+        assert sorted(run["run_id"] for run in listed) == ["r1", "r2", "r3"]
+        assert "removed or moved away" not in server.log() and "is gone" not in server.log()
+        assert "Traceback" not in server.log()
     finally:
         server.stop()
 
