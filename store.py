@@ -827,10 +827,20 @@ class RunStore:
         self._at_mount_point = os.path.ismount(self._path)
         self._exclusive = exclusive
         self._folder_lock = _lock_folder(self.directory) if exclusive else None
-        # Watch before the first scan, so that nothing changed during the scan is missed.
-        if watch:
-            self._watcher = _Watcher(self)
-        self._load_all()
+        try:
+            # Watch before the first scan, so that nothing changed during the scan is missed.
+            if watch:
+                self._watcher = _Watcher(self)
+            self._load_all()
+        except BaseException:
+            # A start that fails (a folder that cannot be listed, Ctrl-C) leaves the folder
+            # unlocked and no descriptor open: trying again in this process would otherwise
+            # find the folder "in use by another process".
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
+            self._unlock_folder()
+            raise
         self._postings_builder: threading.Timer | None = None
         if self._watcher is not None:
             self._watcher.start()
@@ -843,8 +853,16 @@ class RunStore:
     # --- life cycle ---
 
     def _open_directory(self) -> None:
+        try:
+            found = os.stat(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
+            found = None  # mkdir below says what is wrong, if anything is
+        except OSError as exc:  # a parent folder this user may not search, say
+            raise StoreUnavailable(
+                f"cannot reach store folder {self.directory}: {exc.strerror}"
+            ) from exc
         # Checked first: mkdir on a regular file says only "File exists".
-        if self.directory.exists() and not self.directory.is_dir():
+        if found is not None and not stat.S_ISDIR(found.st_mode):
             raise StoreUnavailable(f"store folder {self.directory} is a file, not a folder")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -1696,11 +1714,15 @@ def _remove_old_files(
             continue
         path = os.path.join(folder, name)
         try:
-            if os.lstat(path).st_mtime < cutoff:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:  # a folder so named: not ours
                 os.unlink(path)
                 removed += 1
         except FileNotFoundError:
             pass  # another process swept it first
+        except OSError as exc:
+            # One file that cannot go (EPERM, an immutable file) must not stop the start.
+            log.warning("%s: cannot remove this stale temp file: %s", _shown(name), exc.strerror)
     return removed
 
 

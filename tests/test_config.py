@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, LiveServer, free_port, make_run
+from conftest import AS_AN_ORDINARY_USER, ROOT, LiveServer, free_port, make_run
 
 from app import SETTINGS, ConfigError, create_app, load_config, main, parse_args
 
@@ -42,10 +42,13 @@ def clean_environ(**settings: str) -> dict:
     return {**environ, **settings}
 
 
-def run_app_py(*args: str, **settings: str) -> subprocess.CompletedProcess:
-    """Run `python app.py` with these flags and settings until it exits (it must, here)."""
+def run_app_py(
+    *args: str, prefix: tuple[str, ...] = (), **settings: str
+) -> subprocess.CompletedProcess:
+    """Run `python app.py` with these flags and settings until it exits (it must, here);
+    prefix is a command to run it under, such as setpriv."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), *args],
+        [*prefix, sys.executable, str(ROOT / "app.py"), *args],
         cwd=ROOT,
         env=clean_environ(**settings),
         capture_output=True,
@@ -225,6 +228,24 @@ def test_bad_configuration_stops_the_start_with_one_clear_line(
     assert mentions.format(file=regular_file) in lines[0]
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_store_folder_the_server_may_not_reach_stops_the_start_with_one_clear_line(tmp_path):
+    """A parent folder the service user may not search: a PermissionError traceback."""
+    parent = tmp_path / "parent"
+    (parent / "store").mkdir(parents=True)
+    parent.chmod(0)
+    try:
+        result = run_app_py(
+            prefix=AS_AN_ORDINARY_USER, STORE_DIR=str(parent / "store"), PORT=str(free_port())
+        )
+    finally:
+        parent.chmod(0o755)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"backup-registry: cannot reach store folder {parent / 'store'}: Permission denied"
+    ]
 
 
 def test_flags_configure_the_real_server(tmp_path):

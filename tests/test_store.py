@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import LiveServer, make_run
+from conftest import AS_AN_ORDINARY_USER, LiveServer, make_run
 from test_get_delete import ODD_IDS
 from test_index import run_in_thread
 
 import store as store_module
-from store import file_name_for, run_id_for
+from store import RunStore, file_name_for, run_id_for
 
 RUNS = "/v1/backup-runs"
 PLAIN_IDS = ["run-1", "a.b", "A_b-9", "x" * 200, "2026-05-12.postgres_daily", "_", "-"]
@@ -880,15 +880,6 @@ def test_run_file_turned_unreadable_leaves_the_listing_and_its_count(
     assert len(warnings_about(caplog, "r2.json")) == 1
 
 
-# Root reads any file: run the server without that power, so that chmod 000 keeps it out.
-# setpriv is part of util-linux, which every Debian system has.
-AS_AN_ORDINARY_USER = (
-    ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
-    if os.geteuid() == 0
-    else ()
-)
-
-
 def test_run_file_the_server_may_not_read_is_skipped_until_it_may(store_dir):
     store_dir.mkdir()
     for run_id in ["r1", "r2", "r3"]:
@@ -1192,3 +1183,63 @@ def test_the_lock_moves_to_a_restored_folder(store_dir, tmp_path, monkeypatch, w
     finally:
         store.close()
     assert not held_elsewhere(store_dir)
+
+
+# --- starts that fail, or nearly -------------------------------------------------------------
+
+
+def immutable(path: Path, monkeypatch) -> None:
+    """Make path impossible to remove: chattr +i where the file system has it (root on ext4),
+    else the kernel's answer injected, for that path only."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+        return
+    real_unlink = os.unlink
+
+    def unlink(target, *args, **kwargs):
+        if Path(os.fspath(target)) == path:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(target))
+        return real_unlink(target, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "unlink", unlink)
+
+
+def test_stale_temp_names_that_cannot_be_removed_do_not_stop_the_start(
+    store_dir, monkeypatch, caplog
+):
+    """A folder named like our temp files, and a temp file that cannot be removed: each
+    stopped the start with a traceback."""
+    store_dir.mkdir()
+    drop_in(store_dir, "r1.json", stored_run("r1"))
+    stale = time.time() - store_module.STALE_TEMP_SECONDS - 60
+    folder = store_dir / f"{store_module.TEMP_PREFIX}a-folder{store_module.TEMP_SUFFIX}"
+    stuck = store_dir / f"{store_module.TEMP_PREFIX}stuck{store_module.TEMP_SUFFIX}"
+    folder.mkdir()
+    stuck.write_text("{")
+    for path in (folder, stuck):
+        os.utime(path, (stale, stale))
+    immutable(stuck, monkeypatch)
+    try:
+        store = RunStore(store_dir, watch=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], capture_output=True)
+
+    assert [summary.run_id for summary in store.summaries()] == ["r1"]
+    assert folder.is_dir() and stuck.exists()
+    assert "cannot remove this stale temp file" in caplog.text
+
+
+def test_a_start_that_fails_leaves_the_folder_unlocked_and_nothing_open(store_dir, monkeypatch):
+    """A failed start kept the folder's lock and its inotify and pipe descriptors: a second
+    try in the same process found the folder "in use by another process"."""
+
+    def load_fails(self) -> None:
+        raise store_module.StoreUnavailable("cannot list the store folder: I/O error")
+
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with monkeypatch.context() as patched:
+        patched.setattr(RunStore, "_load_all", load_fails)
+        with pytest.raises(store_module.StoreUnavailable):
+            RunStore(store_dir, exclusive=True)
+
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    RunStore(store_dir, exclusive=True).close()  # the folder is free again
