@@ -165,6 +165,14 @@ def test_overwrite_keeps_one_file(client, store_dir):
         ("job_name", "\u202eyliad-sergtsop"),  # shows as "postgres-daily": a lookalike
         ("agent_id", "db\u2067-01"),  # a right-to-left isolate
         ("run_id", "run\u200f-1"),  # a right-to-left mark
+        # C1 controls: U+009B is a terminal's CSI, which `less` or a log viewer obeys.
+        ("job_name", "csi\u009b2J"),
+        ("agent_id", "nel\u0085x"),
+        ("run_id", "\u0080r1"),
+        # Names of characters that show nothing alone: an empty link on the dashboard.
+        ("job_name", "\u200b"),
+        ("agent_id", "\u3164"),
+        ("run_id", "\u2800 \u2060"),
         ("job_name", "postgres\n"),  # Python's `$` would match before the newline
         ("agent_id", "db-01\n"),
         ("backup_url", "https://backups.example/x\n"),
@@ -211,6 +219,20 @@ def test_names_may_be_200_characters(client, field):
     response = post(client, make_run(**{field: "n" * 200}))
 
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 family photos",  # joined by U+200D
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a U+200C
+        "\u200bpostgres",  # an invisible character before a visible one is no blank name
+        "caf\u00e9 \u00a0 \u00ff",  # Latin-1 letters beside the C1 block stay allowed
+    ],
+)
+def test_names_with_joiners_and_letters_are_accepted(client, name):
+    run = make_run("r1", job_name=name, agent_id=name)
+    assert client.post(RUNS, json=run).status_code == 201
 
 
 def test_every_problem_is_named_at_once(client):
