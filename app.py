@@ -981,9 +981,35 @@ def _interrupted_during_start(signum: int, frame: object) -> None:
     os._exit(128 + signal.SIGINT)  # the shell's code for death by SIGINT
 
 
+def _percent_encode_non_ascii(match: re.Match) -> bytes:
+    return b"%%%02X" % match[0][0]
+
+
 def _listen(app: Flask, config: dict):
     """Return waitress's server for app, its socket bound; raise OSError or ValueError if not."""
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser
     from waitress.server import create_server
+
+    class Utf8TargetParser(HTTPRequestParser):
+        """waitress's parser, reading raw UTF-8 in the request line as its percent-encoding.
+
+        curl sends a query as typed: ?job_name=postgres-täglich reached waitress as raw
+        bytes, which it refused with a plain-text "Bad URI", where the original registry (and
+        any browser) took them. Encoded, they decode to the same text.
+        """
+
+        def parse_header(self, header_plus: bytes):
+            line_end = header_plus.find(b"\r\n")
+            if line_end > 0 and not header_plus[:line_end].isascii():
+                request_line = re.sub(
+                    rb"[\x80-\xff]", _percent_encode_non_ascii, header_plus[:line_end]
+                )
+                header_plus = request_line + header_plus[line_end:]
+            return super().parse_header(header_plus)
+
+    class Channel(HTTPChannel):
+        parser_class = Utf8TargetParser
 
     proxy = {}
     if config["TRUSTED_PROXY"]:
@@ -991,8 +1017,10 @@ def _listen(app: Flask, config: dict):
             "trusted_proxy": config["TRUSTED_PROXY"],
             "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
         }
-    return create_server(
+    listeners: dict = {}  # waitress's socket map: each listening server registers in it
+    server = create_server(
         app,
+        map=listeners,
         host=config["HOST"],
         port=config["PORT"],
         threads=config["THREADS"],
@@ -1009,6 +1037,9 @@ def _listen(app: Flask, config: dict):
         ident="backup-registry",
         **proxy,
     )
+    for listener in listeners.values():  # one per address HOST names
+        listener.channel_class = Channel
+    return server
 
 
 if __name__ == "__main__":

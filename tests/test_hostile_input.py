@@ -600,3 +600,19 @@ def test_schema_patterns_read_dollar_as_ecma_262_does(pattern, text, matches):
     validator = app_module.SchemaValidator({"type": "string", "pattern": pattern})
 
     assert validator.is_valid(text) is matches
+
+
+def test_raw_utf8_in_the_request_line_reads_as_its_percent_encoding(server, authed):
+    """curl sends a query as typed: raw UTF-8 got waitress's plain-text "Bad URI", where the
+    original registry, like a browser, took it."""
+    run = make_run("r\u00e4-1", job_name="postgres-t\u00e4glich")
+    assert authed.post(server.url + RUNS, json=run).status_code == 201
+    token = b"Authorization: Bearer " + TOKEN.encode()
+
+    listed = raw_request(server, get(f"{RUNS}?job_name=postgres-t\u00e4glich".encode(), token))
+    one = raw_request(server, get(f"{RUNS}/r\u00e4-1".encode(), token))
+    not_utf8 = raw_request(server, get(f"{RUNS}/r".encode() + b"\xe4-1", token))
+
+    assert listed[0] == 200 and [r["run_id"] for r in json.loads(listed[1])] == ["r\u00e4-1"]
+    assert one[0] == 200 and json.loads(one[1])["job_name"] == "postgres-t\u00e4glich"
+    assert not_utf8[0] == 400 and json.loads(not_utf8[1])["error"].startswith("path: ")
