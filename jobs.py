@@ -647,11 +647,15 @@ def _latest_end(runs: list[RunSummary], status: str) -> float | None:
     return None
 
 
-def parse_states(text: str | None) -> tuple[str, ...]:
-    """Turn a `state` query value such as 'late,failing' into states; raise ValueError if bad."""
-    if text is None:
+def parse_states(values: list[str]) -> tuple[str, ...]:
+    """Turn `state` query values such as ['late,failing'] into states; raise ValueError if bad.
+
+    state=late&state=failing means both, as state=late,failing does (and as status does for
+    listings): reading only the first value left out the failing jobs without a word.
+    """
+    if not values:
         return ()
-    states = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    states = tuple(dict.fromkeys(part.strip() for part in ",".join(values).split(",")))
     unknown = [state for state in states if state not in STATE_RANK]
     if unknown:
         raise ValueError(f"state: unknown value {unknown[0]!r}; use {', '.join(STATES)}")
@@ -918,7 +922,7 @@ def register(app: Flask, overrides: Overrides | None = None) -> None:
     @app.get("/v1/jobs")
     def list_jobs() -> Response:
         try:
-            states = parse_states(request.args.get("state"))
+            states = parse_states(request.args.getlist("state"))
         except ValueError as exc:
             # The app's HTTP error handler answers this in the one error shape.
             raise BadRequest(str(exc)) from None

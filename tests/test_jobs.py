@@ -426,6 +426,7 @@ def test_worst_state_first(client):
         ("?state=ok", ["ok"]),
         ("?state=muted", []),
         ("?state=late,%20new", ["late", "new"]),
+        ("?state=late&state=failing", ["late", "failing"]),  # as status does for listings
     ],
 )
 def test_filter_by_state(client, query, expected):
