@@ -243,8 +243,10 @@ def parse_json_body(raw: bytes) -> object:
     except RecursionError:
         raise ApiError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:
+        # Python's own "Invalid control character at" already ends in "at".
         raise ApiError(
-            f"body: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            f"body: not valid JSON ({exc.msg.removesuffix(' at')} at line {exc.lineno} "
+            f"column {exc.colno})"
         ) from None
     except ValueError as exc:
         if "integer string conversion" in str(exc):  # Python's guard, not a sentence for users
