@@ -437,9 +437,10 @@ def _names_loopback(host: str | None) -> bool:
     A web page whose own name its author re-points at 127.0.0.1 (DNS rebinding) reaches us
     from loopback, yet its requests carry its own name, and its Origin that same name: only
     the Host header tells it from a local script or a browser opened on localhost. A request
-    with no Host at all (HTTP/1.0, a raw health check) comes from no browser.
+    with no Host at all (HTTP/1.0, a raw health check) comes from no browser, nor does one
+    with an empty Host, which RFC 9112 gives a request target with no authority.
     """
-    if host is None:
+    if host is None or not host.strip():
         return True
     try:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")

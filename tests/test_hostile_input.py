@@ -445,6 +445,7 @@ def test_only_a_loopback_host_name_keeps_the_bypass(bypass_server, server):
         (b"Host: evil.example", False),
         (b"Host: localhost.evil.example", False),
         (b"Host: 0.0.0.0.evil.example", False),
+        (b"Host:", True),  # RFC 9112: an empty Host is no authority, as no Host at all
     ]:
         request = get(RUNS.encode()).replace(b"Host: localhost", host)
         assert raw_request(bypass_server, request)[0] == (200 if bypassed else 401), host
