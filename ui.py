@@ -921,6 +921,7 @@ def docs() -> str:
         fields=fields,
         statuses=STATUSES,
         base_url=request.url_root.rstrip("/"),
+        max_body=format_size(current_app.config["MAX_BODY_BYTES"], trim=True),
     )
 
 

@@ -921,6 +921,16 @@ def test_docs_list_parameters_headers_auth_fields_and_curl(app, client):
     assert limits in text
 
 
+def test_docs_give_this_servers_body_limit(app_config):
+    """It said 1 MiB whatever MAX_BODY_BYTES was."""
+    app = app_module.create_app({**app_config, "MAX_BODY_BYTES": str(4 * 1024 * 1024)})
+    try:
+        text = page(app.test_client(), "/docs")
+    finally:
+        app.extensions["store"].close()
+    assert "for a body over 4 MiB" in text and "1 MiB" not in text
+
+
 # --- formatting ----------------------------------------------------------------------------
 
 
