@@ -333,13 +333,21 @@ def test_nothing_sticks_out_sideways_on_a_small_phone(live_server_factory, brows
     page, problems = open_page(browser, color_scheme="light")
     try:
         page.set_viewport_size({"width": 375, "height": 740})
-        for path in ["/", "/job?job_name=photos-offsite&agent_id=nas-01", "/docs"]:
+        for path in [
+            "/",
+            "/job?job_name=photos-offsite&agent_id=nas-01",
+            "/docs",
+            f"/job?job_name={'J' * 200}&agent_id=nas-01",  # no such job: the not-found page
+        ]:
             page.goto(server.url + path)
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, f"{path} is {width} px wide"
     finally:
         page.context.close()
-    assert problems.messages == []
+    # The not-found page is a 404, which Chromium reports; nothing else may be.
+    assert problems.messages == [
+        "Failed to load resource: the server responded with a status of 404 (NOT FOUND)"
+    ]
 
 
 def test_a_row_the_jobs_state_calls_failing_carries_the_failure_bar(live_server_factory, page):
