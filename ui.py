@@ -720,7 +720,7 @@ class HistoryChart:
     points: list[ChartPoint]
     size_line: str
     duration_line: str
-    size_ticks: list[tuple[float, str]]
+    size_ticks: list[tuple[float, str]]  # none when no run reports a size
     duration_ticks: list[tuple[float, str]]
     time_ticks: list[tuple[float, str]]
 
@@ -790,9 +790,11 @@ def history_chart(runs: list[RunSummary]) -> HistoryChart:
         points=points,
         size_line=polyline((p.x, p.size_y) for p in points),
         duration_line=polyline((p.x, p.duration_y) for p in points),
+        # With no size at all, an axis of 0 B, 1 B and 2 B would claim sizes of nothing.
         size_ticks=[
             (y_of(v, size_top, size_bottom, max_size), format_size(round(v), trim=True))
             for v in (0, max_size / 2, max_size)
+            if any(run.bytes_backed_up is not None for run in ordered)
         ],
         duration_ticks=[
             (y_of(v, duration_top, duration_bottom, max_duration), format_duration(v))

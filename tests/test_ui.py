@@ -659,6 +659,20 @@ def test_history_chart_marks_failed_and_partial_runs_with_shape_and_word(client)
     assert "style=" not in chart
 
 
+def test_history_chart_says_so_when_no_run_reports_a_size(client):
+    """It drew an empty Size panel with an axis of 0 B, 1 B and 2 B."""
+    report(client, "1", start_time="2026-05-01T02:00:00Z", end_time="2026-05-01T02:10:00Z")
+    report(client, "2", start_time="2026-05-02T02:00:00Z", end_time="2026-05-02T02:10:00Z")
+    chart = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    assert "No run of this job reports a size" in chart
+    assert ">0 B<" not in chart and ">2 B<" not in chart
+    assert "10 min" in chart  # the duration panel keeps its axis
+
+    report(client, "3", bytes_backed_up=2048, start_time="2026-05-03T02:00:00Z")
+    chart = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    assert "reports a size" not in chart and ">0 B<" in chart
+
+
 def test_history_chart_of_a_single_run_is_centred(client):
     report(client, bytes_backed_up=5)
     text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
