@@ -841,7 +841,9 @@ def nice_duration_ceiling(seconds: float) -> float:
 
 
 def _time_ticks(first: float, span: float, x_of: Callable[[float], float]) -> list[tuple]:
-    short = span < 2 * 86400
+    # Ticks a quarter of the span apart: under two days apart, a date alone would repeat one
+    # day or skip one ("24 Nov, 26 Nov" for evenly spaced ticks), so they carry the time.
+    short = span < 8 * 86400
     moments = [first] if span == 0 else [first + span * i / 4 for i in range(5)]
     times = [jobs.utc_moment(t) for t in moments]
     # Runs of several years (a yearly job) would read "01 Jan, 01 Jan, 31 Dec" without one.

@@ -673,6 +673,23 @@ def test_history_chart_says_so_when_no_run_reports_a_size(client):
     assert "reports a size" not in chart and ">0 B<" in chart
 
 
+def test_history_chart_times_carry_the_hour_while_ticks_are_under_two_days_apart(client):
+    """Three days of runs put a tick every 18 h; labelled by date alone they read
+    "01 May, 01 May, 02 May, 03 May, 04 May"."""
+    for day in (1, 4):
+        report(client, f"{day}", start_time=f"2026-05-0{day}T02:00:00Z")
+    chart = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    tick = r'<text class="tick" x="[\d.]+" y="[\d.]+" text-anchor="\w+">([^<]+)<'
+    ticks = re.findall(tick, chart)
+    assert ticks[-5:] == [
+        "01 May 02:00",
+        "01 May 20:00",
+        "02 May 14:00",
+        "03 May 08:00",
+        "04 May 02:00",
+    ]
+
+
 def test_history_chart_of_a_single_run_is_centred(client):
     report(client, bytes_backed_up=5)
     text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
