@@ -614,6 +614,8 @@ def example_curl() -> str:
     auth = ""
     if current_app.config["API_TOKENS"]:
         auth = '  -H "Authorization: Bearer $REGISTRY_TOKEN" \\\n'
+    elif current_app.config["AUTH_USER"]:  # Basic only: without it the command gets a 401
+        auth = '  -u "$REGISTRY_USER:$REGISTRY_PASSWORD" \\\n'
     return (
         f"curl -sS -X POST {request.url_root}v1/backup-runs \\\n{auth}"
         "  -H 'Content-Type: application/json' \\\n"

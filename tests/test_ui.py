@@ -80,11 +80,29 @@ def test_empty_store_says_so_and_shows_the_curl_that_reports_a_run(client):
     assert job_order(page(client, "/")) == ["postgres-daily"]
 
 
-def test_empty_state_curl_carries_a_token_header_when_tokens_are_set(app_config):
-    application = app_module.create_app({**app_config, "API_TOKENS": "t0ken"})
+@pytest.mark.parametrize(
+    ("settings", "credentials"),
+    [
+        ({"API_TOKENS": "t0ken"}, "-H &#34;Authorization: Bearer $REGISTRY_TOKEN&#34; \\"),
+        (
+            {"API_TOKENS": "t0ken", "AUTH_USER": "op", "AUTH_PASS": "s3cret-pw"},
+            "Bearer $REGISTRY_TOKEN",
+        ),
+        # Basic only: the command had no credentials, and got a 401.
+        (
+            {"AUTH_USER": "op", "AUTH_PASS": "s3cret-pw"},
+            "-u &#34;$REGISTRY_USER:$REGISTRY_PASSWORD&#34;",
+        ),
+    ],
+)
+def test_empty_state_curl_carries_credentials_when_they_are_needed(
+    app_config, settings, credentials
+):
+    application = app_module.create_app({**app_config, **settings})
     try:
         text = page(application.test_client(), "/")
-        assert "-H &#34;Authorization: Bearer $REGISTRY_TOKEN&#34; \\" in text
+        assert credentials in text
+        assert "s3cret-pw" not in text
     finally:
         application.extensions["store"].close()
 
