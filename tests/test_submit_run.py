@@ -323,11 +323,6 @@ def bad_json_encoding(text: str) -> bytes:
             id="too-large-for-a-double",
         ),
         pytest.param(
-            json.dumps(make_run(bytes_backed_up=1)).encode().replace(b": 1}", b": 1e-400}"),
-            "the number 1e-400 is out of range: it would be read as 0",
-            id="underflows-to-zero",
-        ),
-        pytest.param(
             json.dumps(make_run(job_name="ab")).encode().replace(b"ab", b"a\x01b"),
             "body: not valid JSON (Invalid control character at line 1 column",
             id="raw-control-character",
