@@ -2134,6 +2134,8 @@ class _Watcher:
             st = os.stat(self._store.directory)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None  # a file in the folder's place: no folder holds no runs
         return (st.st_dev, st.st_ino)
 
     def _folder_is_gone(self) -> bool:

@@ -1243,3 +1243,22 @@ def test_a_start_that_fails_leaves_the_folder_unlocked_and_nothing_open(store_di
 
     assert len(os.listdir("/proc/self/fd")) == descriptors
     RunStore(store_dir, exclusive=True).close()  # the folder is free again
+
+
+def test_a_file_in_the_store_folders_place_holds_no_runs(start_client, store_dir, tmp_path, caplog):
+    """Taken for a folder out of reach, it moved the folder lock onto the file (a warning
+    that the lock failed) and made listings answer 503 for a folder that is simply gone."""
+    client = start_client(SERVING=True)  # as app.py runs it: holding the folder's lock
+    client.post(RUNS, json=make_run("old"))
+    shutil.rmtree(store_dir)
+    store_dir.write_text("not a folder")
+
+    eventually(lambda: listed_ids(client) == [], timeout=5)
+    time.sleep(1.5)  # a few more turns of the watcher
+    assert client.get(RUNS).status_code == 200
+    assert "cannot lock store folder" not in caplog.text
+
+    store_dir.unlink()
+    store_dir.mkdir()
+    drop_in(store_dir, "restored.json", stored_run("restored"))
+    eventually(lambda: listed_ids(client) == ["restored"], timeout=5)
