@@ -848,9 +848,10 @@ def _time_ticks(first: float, span: float, x_of: Callable[[float], float]) -> li
     short = span < 8 * 86400
     moments = [first] if span == 0 else [first + span * i / 4 for i in range(5)]
     times = [jobs.utc_moment(t) for t in moments]
-    # Runs of several years (a yearly job) would read "01 Jan, 01 Jan, 31 Dec" without one.
+    # Runs of several years (a yearly job) would read "01 Jan, 01 Jan, 31 Dec" without one,
+    # and a few days across New Year "29 Dec 02:00 ... 03 Jan 02:00".
     # The year by hand, not %Y: glibc writes the year 139 as "139" (see format_utc).
-    with_year = not short and times[0].year != times[-1].year
+    with_year = times[0].year != times[-1].year
     pattern = "%d %b %H:%M" if short else "%d %b"
     return [
         (x_of(t), moment.strftime(pattern) + (f" {moment.year:04d}" if with_year else ""))

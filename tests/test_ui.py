@@ -708,6 +708,13 @@ def test_history_chart_times_carry_the_hour_while_ticks_are_under_two_days_apart
     ]
 
 
+def test_history_chart_times_across_new_year_carry_the_year(client):
+    report(client, "1", start_time="2025-12-29T02:00:00Z", end_time="2025-12-29T02:10:00Z")
+    report(client, "2", start_time="2026-01-03T02:00:00Z", end_time="2026-01-03T02:10:00Z")
+    chart = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    assert ">29 Dec 02:00 2025<" in chart and ">03 Jan 02:00 2026<" in chart
+
+
 def test_history_chart_of_a_single_run_is_centred(client):
     report(client, bytes_backed_up=5)
     text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
