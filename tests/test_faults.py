@@ -475,3 +475,32 @@ def test_health_is_unhealthy_while_the_store_folder_is_gone(tmp_path, caplog, wa
         assert "health: healthy again" in caplog.text
     finally:
         app.extensions["store"].close()
+
+
+def test_health_answers_while_a_look_at_the_store_hangs(tmp_path, monkeypatch):
+    """On a hung network file system each /health waited in the kernel for good, and a
+    monitor's polls would take the worker threads one by one. One waits; the rest answer."""
+    app = create_app({"STORE_DIR": str(tmp_path / "store"), "API_TOKENS": "", "WATCH_STORE": "0"})
+    hung, release = threading.Event(), threading.Event()
+    real_access = store_module.os.access
+
+    def access(path, mode, *args, **kwargs):  # what a hard NFS mount does when its server is gone
+        hung.set()
+        release.wait(30)
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "access", access)
+    stuck = threading.Thread(target=lambda: app.test_client().get("/health"))
+    stuck.start()
+    try:
+        assert hung.wait(10)
+        started = time.monotonic()
+        answer = app.test_client().get("/health")
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        stuck.join(10)
+        app.extensions["store"].close()
+
+    assert (answer.status_code, answer.json["status"]) == (503, "unhealthy")
+    assert waited < 10  # it answered, rather than wait for the hung look
