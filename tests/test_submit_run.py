@@ -173,6 +173,7 @@ def test_overwrite_keeps_one_file(client, store_dir):
         ("job_name", "\u200b"),
         ("agent_id", "\u3164"),
         ("run_id", "\u2800 \u2060"),
+        ("job_name", "\ufe0f\u2063"),  # a variation selector, an invisible separator
         ("job_name", "postgres\n"),  # Python's `$` would match before the newline
         ("agent_id", "db-01\n"),
         ("backup_url", "https://backups.example/x\n"),
