@@ -816,7 +816,9 @@ class RunStore:
         # Ids delete() removed lately, and when: the dashboard's "Run X was deleted"
         # notice takes X from its address, and must name only a deletion that happened.
         self._deletions: OrderedDict[str, float] = OrderedDict()
-        self._health_check = threading.Lock()  # one look at the folder at a time (health_problem)
+        # health_problem's look at the folder in progress, if any, which callers share.
+        self._health_look: _HealthLook | None = None
+        self._health_looked = threading.Condition()
         self._dir_syncer = _DirectorySyncer(self.directory)
         self._temp_token = uuid.uuid4().hex[:12]
         self._temp_numbers = count()
@@ -1055,24 +1057,38 @@ class RunStore:
         polling /health learns that reports are being refused. A full disk is not one: reads
         still work, and whether a write fits depends on the write.
         """
-        # A hung network file system would hold each caller in these calls for good: one
-        # waits there, the rest answer after HEALTH_CHECK_WAIT, so that a monitor's polls
-        # cannot take every worker thread one by one.
-        if not self._health_check.acquire(timeout=HEALTH_CHECK_WAIT):
-            return f"a look at store folder {self.directory} has not returned (a hung disk?)"
+        # A hung network file system would hold each caller in these calls for good, and a
+        # monitor's polls would take the worker threads one by one. So one caller looks and
+        # the others share its answer; they stop waiting for it after HEALTH_HUNG_SECONDS.
+        with self._health_looked:
+            look = self._health_look
+            if look is not None:
+                if self._health_looked.wait_for(lambda: look.done, HEALTH_HUNG_SECONDS):
+                    return look.problem
+                return f"a look at store folder {self.directory} has not returned (a hung disk?)"
+            look = self._health_look = _HealthLook()
+        try:
+            look.problem = self._look_at_folder()
+        finally:
+            with self._health_looked:
+                look.done = True
+                self._health_look = None
+                self._health_looked.notify_all()
+        return look.problem
+
+    def _look_at_folder(self) -> str | None:
+        """health_problem's look at the folder, which may wait on a slow disk."""
         try:
             self._refuse_if_behind()
-            if not os.path.isdir(self._path):
-                return f"store folder {self.directory} is missing"
-            # access(2) answers EROFS for a read-only file system, to root too: a disk with
-            # errors that the kernel remounted read-only is the likely case here.
-            if not os.access(self._path, os.W_OK | os.X_OK):
-                return f"store folder {self.directory} is not writable"
-            return None
         except StoreUnavailable as exc:
             return str(exc)
-        finally:
-            self._health_check.release()
+        if not os.path.isdir(self._path):
+            return f"store folder {self.directory} is missing"
+        # access(2) answers EROFS for a read-only file system, to root too: a disk with
+        # errors that the kernel remounted read-only is the likely case here.
+        if not os.access(self._path, os.W_OK | os.X_OK):
+            return f"store folder {self.directory} is not writable"
+        return None
 
     def _refuse_if_unmounted(self) -> None:
         """Raise StoreUnavailable if the store was a mount point at start and is not now."""
@@ -1706,9 +1722,17 @@ RACY_NS = 2_000_000_000
 LOCK_WAIT_SECONDS = 2.0  # for the store folder's lock held by a dead registry's loaders
 ID_LOCK_STRIPES = 64
 RECENT_DELETIONS_KEPT = 256  # for the dashboard's deletion notice (see deleted_lately)
-HEALTH_CHECK_WAIT = 1.0  # seconds a /health waits for another's look at the folder
+HEALTH_HUNG_SECONDS = 10.0  # how long a /health waits for another's look at the folder
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
+
+
+@dataclass
+class _HealthLook:
+    """One look at the store folder for /health, and what it found (see health_problem)."""
+
+    done: bool = False
+    problem: str | None = "the look at the store folder failed"
 
 
 def _remove_old_files(

@@ -477,30 +477,62 @@ def test_health_is_unhealthy_while_the_store_folder_is_gone(tmp_path, caplog, wa
         app.extensions["store"].close()
 
 
-def test_health_answers_while_a_look_at_the_store_hangs(tmp_path, monkeypatch):
-    """On a hung network file system each /health waited in the kernel for good, and a
-    monitor's polls would take the worker threads one by one. One waits; the rest answer."""
-    app = create_app({"STORE_DIR": str(tmp_path / "store"), "API_TOKENS": "", "WATCH_STORE": "0"})
-    hung, release = threading.Event(), threading.Event()
+def slow_access(monkeypatch, started: threading.Event, release: threading.Event) -> None:
+    """Make os.access in the store wait for release, as on a slow or hung network file system
+    (no file system here can be made to hang); started says a call is waiting."""
     real_access = store_module.os.access
 
-    def access(path, mode, *args, **kwargs):  # what a hard NFS mount does when its server is gone
-        hung.set()
+    def access(path, mode, *args, **kwargs):
+        started.set()
         release.wait(30)
         return real_access(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(store_module.os, "access", access)
+
+
+def test_health_answers_while_a_look_at_the_store_hangs(tmp_path, monkeypatch):
+    """On a hung network file system each /health waited in the kernel for good, and a
+    monitor's polls would take the worker threads one by one. One waits; the rest answer."""
+    app = create_app({"STORE_DIR": str(tmp_path / "store"), "API_TOKENS": "", "WATCH_STORE": "0"})
+    monkeypatch.setattr(store_module, "HEALTH_HUNG_SECONDS", 0.5)
+    hung, release = threading.Event(), threading.Event()
+    slow_access(monkeypatch, hung, release)
     stuck = threading.Thread(target=lambda: app.test_client().get("/health"))
     stuck.start()
     try:
         assert hung.wait(10)
-        started = time.monotonic()
         answer = app.test_client().get("/health")
-        waited = time.monotonic() - started
     finally:
         release.set()
         stuck.join(10)
         app.extensions["store"].close()
 
     assert (answer.status_code, answer.json["status"]) == (503, "unhealthy")
-    assert waited < 10  # it answered, rather than wait for the hung look
+
+
+def test_health_calls_at_once_share_one_slow_look(tmp_path, monkeypatch):
+    """Each waited its turn for 1 s, then said "hung": two monitors polling a slow but
+    working disk at once got one 200 and one 503, and the log flapped between them."""
+    app = create_app({"STORE_DIR": str(tmp_path / "store"), "API_TOKENS": "", "WATCH_STORE": "0"})
+    looking, release = threading.Event(), threading.Event()
+    slow_access(monkeypatch, looking, release)
+    answers: list[int] = []
+
+    def poll() -> None:
+        answers.append(app.test_client().get("/health").status_code)
+
+    first = threading.Thread(target=poll)
+    first.start()
+    try:
+        assert looking.wait(10)
+        second = threading.Thread(target=poll)
+        second.start()
+        time.sleep(1.5)  # longer than the old wait, well short of HEALTH_HUNG_SECONDS
+        release.set()
+        first.join(10)
+        second.join(10)
+    finally:
+        release.set()
+        app.extensions["store"].close()
+
+    assert answers == [200, 200]
