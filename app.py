@@ -1006,7 +1006,7 @@ def percent_encode_request_target(request_line: bytes) -> bytes:
     """
     if request_line.isascii() or len(request_line) > MAX_ENCODED_REQUEST_LINE:
         return request_line
-    parts = request_line.split(b" ")
+    parts = request_line.rstrip().split(b" ")  # waitress drops trailing blanks too
     if len(parts) != 3 or not (parts[0].isascii() and parts[2].isascii()):
         return request_line
     method, target, version = parts
