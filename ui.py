@@ -386,22 +386,22 @@ def _echoed(value: str) -> str:
     return repr(value if len(value) <= ECHOED_CHARS else value[:ECHOED_CHARS] + "…")
 
 
+def _known_values(args, name: str, known, problems: list[str]) -> tuple[str, ...]:
+    """Read a filter that takes several values (a=x,y or a=x&a=y); name the first unknown one."""
+    given = [part.strip() for value in args.getlist(name) for part in value.split(",")]
+    given = [value for value in given if value]
+    unknown = [value for value in given if value not in known]
+    if unknown:
+        problems.append(f"{name}: unknown value {_echoed(unknown[0])}; ignored")
+    return tuple(dict.fromkeys(value for value in given if value in known))
+
+
 def parse_overview_filters(args) -> OverviewFilters:
     """Read the filter form; a bad value is reported and ignored rather than failing the page."""
     filters = OverviewFilters(agent=args.get("agent", ""), job=args.get("job", "").strip())
-    statuses = [part.strip() for value in args.getlist("status") for part in value.split(",")]
-    statuses = [status for status in statuses if status]
-    unknown = [status for status in statuses if status not in STATUSES]
-    if unknown:
-        filters.problems.append(f"status: unknown value {_echoed(unknown[0])}; ignored")
-    filters.statuses = tuple(dict.fromkeys(s for s in statuses if s in STATUSES))
-    states = [part.strip() for value in args.getlist("state") for part in value.split(",")]
-    states = [state for state in states if state]
-    unknown = [state for state in states if state not in STATE_RANK]
-    if unknown:
-        filters.problems.append(f"state: unknown value {_echoed(unknown[0])}; ignored")
+    filters.statuses = _known_values(args, "status", STATUSES, filters.problems)
     # Without job monitoring no row has a state, so a known one matches none.
-    filters.states = tuple(dict.fromkeys(state for state in states if state in STATE_RANK))
+    filters.states = _known_values(args, "state", STATE_RANK, filters.problems)
     encryption = args.get("encryption", "")
     if encryption in ENCRYPTION_FILTERS:
         filters.encryption = encryption
