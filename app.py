@@ -642,6 +642,9 @@ def loggable_address() -> str:
     return quote(request.remote_addr or "-", safe=":.")
 
 
+LOGGED_PATH_BYTES = 300  # of a request's path, in the log, before percent-encoding
+
+
 def loggable_path() -> str:
     """Return the request's path percent-encoded, fit for one line of the log.
 
@@ -651,7 +654,12 @@ def loggable_path() -> str:
     Its bytes as sent: request.path has each byte that is not UTF-8 replaced by U+FFFD.
     """
     path = request.script_root + request.environ.get("PATH_INFO", "")
-    return quote(path.encode("latin-1", "replace"), safe="/!$&()*+,:;=@")
+    # Cut short: a 250 KB path, logged whole and percent-encoded on the refusal and access
+    # lines, wrote six times its size to the log for each request without credentials.
+    cut = path[:LOGGED_PATH_BYTES]
+    left = len(path) - len(cut)
+    encoded = quote(cut.encode("latin-1", "replace"), safe="/!$&()*+,:;=@")
+    return encoded + (f"...(+{left}-bytes)" if left else "")
 
 
 def register_hooks(app: Flask) -> None:
@@ -996,6 +1004,7 @@ def _interrupted_during_start(signum: int, frame: object) -> None:
 # waitress's one I/O thread, which reads every connection: bounded, it costs under a
 # millisecond (a byte at a time in Python, 250 KB took 0.28 s).
 MAX_ENCODED_REQUEST_LINE = 8 * 1024
+MAX_HEADER_LINES = 100  # a browser sends about 20, curl 3 or 4, a proxy adds a few
 PERCENT_ENCODED_BYTE = {byte: f"%{byte:02X}" for byte in range(0x80, 0x100)}
 
 
@@ -1017,7 +1026,7 @@ def percent_encode_request_target(request_line: bytes) -> bytes:
 def _listen(app: Flask, config: dict):
     """Return waitress's server for app, its socket bound; raise OSError or ValueError if not."""
     from waitress.channel import HTTPChannel
-    from waitress.parser import HTTPRequestParser
+    from waitress.parser import HTTPRequestParser, ParsingError
     from waitress.server import create_server
 
     class Utf8TargetParser(HTTPRequestParser):
@@ -1029,6 +1038,11 @@ def _listen(app: Flask, config: dict):
         """
 
         def parse_header(self, header_plus: bytes):
+            # waitress joins a repeated header's values one string at a time, so its cost
+            # grows with the square of the repeats: 62,500 empty "A:" lines (250 KB, no
+            # credentials needed) held its one I/O thread, and every client, for 0.4 s.
+            if header_plus.count(b"\n") > MAX_HEADER_LINES:
+                raise ParsingError(f"more than {MAX_HEADER_LINES} header lines")
             line_end = header_plus.find(b"\r\n")
             if line_end > 0:
                 line = header_plus[:line_end]

@@ -633,3 +633,26 @@ def test_only_a_request_target_of_bounded_length_is_percent_encoded(server):
 
     assert raw_request(server, get(b"/health?x=" + "\u00e4".encode() * 5000))[0] == 400
     assert raw_request(server, get(b"/health").replace(b"GET", "G\u00c9T".encode()))[0] == 400
+
+
+def test_a_request_with_too_many_header_lines_is_refused_before_waitress_joins_them(server):
+    """waitress joins a repeated header's values one string at a time, on its one I/O
+    thread: 62,500 empty "A:" lines held every client up for 0.4 s, without credentials."""
+    many = get(b"/health", *[b"A:"] * (app_module.MAX_HEADER_LINES + 1))
+    enough = get(b"/health", *[b"A: x"] * (app_module.MAX_HEADER_LINES - 4))
+
+    assert raw_request(server, many)[0] == 400
+    assert raw_request(server, enough)[0] == 200
+
+
+def test_a_long_path_is_cut_short_in_the_log(server):
+    """Logged whole and percent-encoded on the refusal and the access line, a 250 KB path
+    wrote six times its size to the log for every request without credentials."""
+    path = "/" + "\u2039" * 20_000
+    before = len(server.log())
+
+    assert requests.get(server.url + quote(path), timeout=10).status_code == 401
+
+    written = server.log()[before:]
+    assert 0 < len(written) < 8_000, len(written)
+    assert "...(+59701-bytes)" in written  # 3 bytes a character, as sent
