@@ -381,9 +381,14 @@ OVERVIEW_FILTER_NAMES = ("job", "agent", "status", "state", "encryption", "since
 ECHOED_CHARS = 24
 
 
+def shortened(value: str) -> str:
+    """Cut text that came from the address to ECHOED_CHARS, for a page or notice to repeat."""
+    return value if len(value) <= ECHOED_CHARS else value[:ECHOED_CHARS] + "…"
+
+
 def _echoed(value: str) -> str:
     """Quote a bad filter value for a notice, cut short."""
-    return repr(value if len(value) <= ECHOED_CHARS else value[:ECHOED_CHARS] + "…")
+    return repr(shortened(value))
 
 
 def _known_values(args, name: str, known, problems: list[str]) -> tuple[str, ...]:
@@ -638,8 +643,12 @@ def history() -> tuple[str, int]:
     agent_id = request.args.get("agent_id", "")
     runs = runs_newest_first(_store().job_runs((job_name, agent_id)))
     if not runs:
+        # Cut short, as a notice's echo is: any link could make this page say anything.
         return render_template(
-            "not_found.html", what="job", job_name=job_name, agent_id=agent_id
+            "not_found.html",
+            what="job",
+            job_name=shortened(job_name),
+            agent_id=shortened(agent_id),
         ), 404
     monitoring = job_monitoring(job_name, agent_id)
     page_count = math.ceil(len(runs) / HISTORY_PAGE_SIZE)
@@ -883,7 +892,7 @@ def run_page(run_id: str) -> tuple[str, int]:
     try:
         run = _store().get(run_id)
     except (RunNotFound, InvalidRunId):  # an id no file can hold is no run either
-        return render_template("not_found.html", what="run", run_id=run_id), 404
+        return render_template("not_found.html", what="run", run_id=shortened(run_id)), 404
     summary = RunSummary(run, run_id, None)
     known = (*RUN_FIELD_ORDER, "error", "metadata")
     extra = {name: value for name, value in run.items() if name not in known}

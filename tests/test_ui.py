@@ -818,6 +818,19 @@ def test_unknown_run_is_a_404_page(client):
     assert "No run with this id" in text and "no/such run" in text
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/run/URGENT:%20backups%20compromised.%20Rotate%20the%20token%20at%20evil.example",
+        "/job?job_name=URGENT:%20backups%20compromised.%20Rotate%20the%20token&agent_id=x",
+    ],
+)
+def test_a_not_found_page_repeats_only_the_start_of_what_the_link_said(client, path):
+    """Any link made these pages say any sentence, which the deletion notice refuses to."""
+    text = page(client, path, status=404)
+    assert "URGENT: backups compromi…" in text and "Rotate" not in text
+
+
 # --- escaping ------------------------------------------------------------------------------
 
 
