@@ -238,10 +238,13 @@ def infer_interval(starts: Sequence[float]) -> float | None:
     window = starts[-INTERVAL_RUNS:]
     if len(window) < MIN_INTERVAL_RUNS:
         return None
-    interval = statistics.median(later - earlier for earlier, later in itertools.pairwise(window))
-    # Runs that all report one start time give no schedule; a zero interval would make the job
-    # late minutes after every run.
-    return interval if interval > 0 else None
+    # Runs that begin at the same moment (two crontab lines under one job name; a script
+    # that reports whole seconds) are one start: counted as gaps of 0, half the gaps made the
+    # median 0, and such a job stayed "new", never late, however long it stopped reporting.
+    distinct = sorted(set(window))
+    if len(distinct) < 2:
+        return None  # one start time gives no schedule
+    return statistics.median(later - earlier for earlier, later in itertools.pairwise(distinct))
 
 
 # datetime holds the years 1 to 9999 only. Past them croniter and datetime fail with an

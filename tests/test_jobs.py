@@ -82,6 +82,14 @@ def test_runs_that_share_one_start_give_no_interval():
     assert jobs.infer_interval([at(0)] * 5) is None
 
 
+def test_runs_that_start_together_count_as_one_start():
+    """Two runs a night at the same second made half the gaps 0, so the median was 0 and
+    the job stayed "new", never late; [t0, t0, t1] gave half a day for a daily job."""
+    pairs = [at(day * DAY) for day in range(10) for _ in range(2)]
+    assert jobs.infer_interval(pairs) == DAY
+    assert jobs.infer_interval([at(0), at(0), at(DAY)]) == DAY
+
+
 # --- states ----------------------------------------------------------------------------------
 
 
