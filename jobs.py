@@ -293,7 +293,9 @@ def _next_slot(expression: str, moment: datetime) -> datetime:
     """
     slots = croniter(expression, moment)
     slot = slots.get_next(datetime)
-    if slot.fold == 1 and slot.replace(fold=0).utcoffset() != slot.utcoffset():
+    # Every slot of the hour's second pass, not only the first: with 0,30 2 * * * the job
+    # ran at 02:00 and 02:30 summer time, and 02:30 winter time was expected all the same.
+    while slot.fold == 1 and slot.replace(fold=0).utcoffset() != slot.utcoffset():
         slot = slots.get_next(datetime)
     return slot
 

@@ -137,6 +137,8 @@ def test_cron_in_a_time_zone(make_app):
         # The night clocks go back in Berlin: 02:30 comes twice, and cron runs the job once.
         ("30 2 * * *", "Europe/Berlin", "2026-10-24T00:30:00Z", "2026-10-25T00:30:00", 25 * HOUR),
         ("30 2 * * *", "Europe/Berlin", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00", DAY),
+        # Two slots in it: after 02:30 summer time, not 02:30 winter time (late for 12 h).
+        ("0,30 2 * * *", "Europe/Berlin", "2026-10-25T00:30:00Z", "2026-10-26T01:00:00", HOUR / 2),
         ("0 * * * *", "Europe/Berlin", "2026-10-25T01:00:00Z", "2026-10-25T02:00:00", HOUR),
         ("0 1 * * *", "America/New_York", "2026-11-01T05:00:00Z", "2026-11-02T06:00:00", DAY),
         # The night they go forward: 02:30 does not exist, and croniter takes 03:00.
