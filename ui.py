@@ -805,8 +805,9 @@ def history_chart(runs: list[RunSummary]) -> HistoryChart:
         size_ticks=[
             (y_of(v, size_top, size_bottom, max_size), format_size(round(v), trim=True))
             for v in (0, max_size / 2, max_size)
-            if any(run.bytes_backed_up is not None for run in ordered)
-        ],
+        ]
+        if any(point.size_y is not None for point in points)
+        else [],
         duration_ticks=[
             (y_of(v, duration_top, duration_bottom, max_duration), format_duration(v))
             for v in (0, max_duration / 2, max_duration)
