@@ -224,6 +224,22 @@ def test_reading_or_deleting_an_id_too_long_once_encoded_is_400(start_client, me
     assert response.get_json()["error"].startswith("run_id: too long once encoded")
 
 
+def test_an_id_whose_file_name_takes_exactly_255_bytes_is_stored_and_one_more_is_not(
+    start_client, store_dir
+):
+    """The file name limit is inclusive: a name of 255 bytes is one the file system holds."""
+    client = start_client(WATCH_STORE=False)
+    longest = "é" * 41 + "abcd"  # 41 * 6 + 4 = 250 bytes encoded, 255 with ".json"
+    assert len(file_name_for(longest).encode()) == store_module.MAX_FILE_NAME_BYTES
+
+    assert client.post(RUNS, json=make_run(longest)).status_code == 201
+    assert client.post(RUNS, json=make_run(longest + "e")).status_code == 400
+
+    assert os.listdir(store_dir) == [file_name_for(longest)]
+    assert run_id_for(file_name_for(longest)) == longest
+    assert client.get(f"{RUNS}/{quote(longest, safe='')}").get_json()["run_id"] == longest
+
+
 # --- atomic writes ---------------------------------------------------------------------------
 
 
