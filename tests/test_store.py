@@ -439,6 +439,29 @@ def test_a_file_the_listing_skips_is_not_served_by_get_either(start_client, stor
     assert client.get("/run/bare").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"job_name": "   "}, "job_name is missing or not a string"),
+        ({"agent_id": "\t"}, "agent_id is missing or not a string"),
+        ({"bytes_backed_up": True}, "bytes_backed_up is not an integer"),
+    ],
+)
+def test_a_file_with_a_blank_name_or_a_boolean_size_is_skipped(
+    start_client, store_dir, caplog, fields, reason
+):
+    """A blank job or agent name, or a size of true, is no run a POST could have stored."""
+    store_dir.mkdir()
+    drop_in(store_dir, "odd.json", stored_run("odd", **fields))
+    drop_in(store_dir, "good.json", stored_run("good", bytes_backed_up=0))
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == ["good"]
+    assert client.get(f"{RUNS}/odd").status_code == 404
+    assert reason in warnings_about(caplog, "odd.json")[0]
+
+
 @pytest.mark.parametrize("size", ["1" + "0" * 400, "-5", str(2**63)])
 def test_a_file_whose_size_a_post_could_not_hold_is_skipped(start_client, store_dir, caplog, size):
     """A size past what a float holds made /metrics and the dashboard answer 500."""
