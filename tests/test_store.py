@@ -894,6 +894,20 @@ def test_a_run_too_large_to_read_back_is_refused_not_written(start_client, store
     assert sorted(os.listdir(store_dir)) == ["small.json"]
 
 
+def test_a_run_of_exactly_the_largest_size_is_written_and_read_back(store_dir, monkeypatch):
+    """MAX_RUN_FILE_BYTES is the largest run file, not one byte past it, both ways."""
+    edge = stored_run("edge", error="x" * 100)
+    size = len((json.dumps(edge, ensure_ascii=False) + "\n").encode())
+    monkeypatch.setattr(store_module, "MAX_RUN_FILE_BYTES", size)
+    store_module.RunStore(store_dir, watch=False).save(edge)
+    assert (store_dir / "edge.json").stat().st_size == size
+
+    restarted = store_module.RunStore(store_dir, watch=False)
+
+    assert [summary.run_id for summary in restarted.summaries()] == ["edge"]
+    assert restarted.get("edge") == edge
+
+
 # --- a file that cannot be read --------------------------------------------------------------
 
 
