@@ -589,6 +589,23 @@ def test_a_file_holding_a_lone_surrogate_escape_is_skipped(start_client, store_d
     assert client.application.extensions["store"].save_snapshot()  # it used to raise here
 
 
+def test_a_lone_surrogate_escape_written_in_upper_case_is_skipped_too(
+    start_client, store_dir, caplog
+):
+    """JSON escapes are case-blind: \\uDC00 is as lone a surrogate as \\udc00."""
+    store_dir.mkdir()
+    lone = json.dumps(stored_run("lone")).replace(
+        '"status"', '"error": "bad \\uDC00 byte", "status"'
+    )
+    drop_in(store_dir, "lone.json", lone)
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == []
+    assert client.get(f"{RUNS}/lone").status_code == 404
+    assert "surrogate" in warnings_about(caplog, "lone.json")[0]
+
+
 def test_file_holding_another_run_id_is_skipped(start_client, store_dir, caplog):
     store_dir.mkdir()
     drop_in(store_dir, "a.json", stored_run("b"))
