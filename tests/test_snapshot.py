@@ -50,6 +50,35 @@ def test_restart_reads_no_unchanged_file(store_dir):
     assert len(restarted) == 5
 
 
+def test_a_restart_from_the_snapshot_restores_every_field_of_each_summary(store_dir):
+    """Rows round-trip whole: start and end times, agent, error and encryption come back as read."""
+    store = RunStore(store_dir, watch=False)
+    store.save({**run_record("a", "db", "failure", 1, 7), "error": "disk full", "encrypted": True})
+    store.save(
+        {
+            **run_record("b", "files", "partial", 2, 0),
+            "agent_id": "nas-02",
+            "start_time": "2026-05-11T23:00:00Z",
+            "end_time": "2026-05-12T01:30:00.5Z",
+            "encryption_status": "partial",
+        }
+    )
+    an_hour_ago = time.time() - 3600
+    for path in store_dir.glob("*.json"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    store.rescan()
+    written = {summary.run_id: summary for summary in store.summaries()}
+    store.close()
+
+    restarted = RunStore(store_dir, watch=False)
+
+    assert restarted.files_read_at_start == 0
+    restored = {summary.run_id: summary for summary in restarted.summaries()}
+    assert restored.keys() == written.keys()
+    for run_id, summary in restored.items():
+        assert summary.holds_the_same(written[run_id]), run_id
+
+
 def test_restart_rereads_what_changed_since_the_snapshot(store_dir):
     aged_store(store_dir).close()
     (store_dir / "r1.json").unlink()
