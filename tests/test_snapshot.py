@@ -164,6 +164,23 @@ def test_a_run_with_an_odd_field_still_leaves_a_usable_snapshot(store_dir, encry
     assert len(restarted) == 6
 
 
+@pytest.mark.parametrize("encrypted", ["yes", 1])
+def test_a_run_whose_encrypted_is_no_boolean_counts_by_its_encryption_status(store_dir, encrypted):
+    """A copied-in `encrypted` that is no boolean is ignored for encryption_status, not indexed."""
+    store = aged_store(store_dir)
+    odd = {**run_record("odd", "db", "success", 9, 1), "encryption_status": "unencrypted"}
+    (store_dir / "odd.json").write_text(json.dumps({**odd, "encrypted": encrypted}))
+    an_hour_ago = time.time() - 3600
+    os.utime(store_dir / "odd.json", (an_hour_ago, an_hour_ago))
+    store.rescan()
+
+    page = store.list_runs(store_module.RunQuery(encrypted=False))
+    assert [run["run_id"] for run in page.runs] == ["odd"]
+    assert store.list_runs(store_module.RunQuery(encrypted=True)).runs == []
+    store.close()
+    assert RunStore(store_dir, watch=False).files_read_at_start == 0
+
+
 def test_a_row_changed_on_disk_fails_its_digest_and_is_not_trusted(store_dir, caplog):
     """A changed byte that leaves well-formed JSON of the right types is still caught."""
     original = aged_store(store_dir)
