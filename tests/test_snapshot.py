@@ -233,6 +233,20 @@ def test_a_refused_snapshot_of_an_empty_store_is_written_again(store_dir, caplog
     assert "index snapshot" not in caplog.text
 
 
+def test_a_snapshot_holding_rows_of_removed_runs_is_written_again(store_dir):
+    """A start that read no file but found runs gone since must not keep the snapshot as current."""
+    aged_store(store_dir).close()
+    (store_dir / "r1.json").unlink()
+    (store_dir / "r3.json").unlink()
+
+    restarted = RunStore(store_dir, watch=False)
+    assert restarted.files_read_at_start == 0
+    assert restarted.save_snapshot()
+
+    _, rows = snapshot_rows(store_dir)
+    assert sorted(row[4] for row in rows) == ["r0", "r2", "r4"]
+
+
 def snapshot_rows(folder: Path) -> tuple[dict, list[list]]:
     """The snapshot's header and its rows, each line's digest checked."""
     header, *lines = snapshot_path(folder).read_bytes().splitlines()
