@@ -595,6 +595,18 @@ def test_bytes_read_for_a_run_deleted_meanwhile_are_not_cached(store_dir):
     assert "r1" not in store._raw_cache and store._raw_cache_bytes == 0
 
 
+def test_bytes_read_for_a_run_rewritten_meanwhile_are_not_cached(store_dir):
+    """Bytes read before a rewrite are no one's: they must not replace the cached current ones."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("r1", "db", "success", 1, 1))
+    summary, raw = store._read_raw("r1", "r1.json")  # what a listing read
+    store.save(run_record("r1", "db", "failure", 2, 22))  # lands before the listing caches it
+
+    store._cache_raw("r1", summary.signature, raw)
+
+    assert store._raw_cache["r1"] == (store._runs["r1"].signature, store.get_raw("r1"))
+
+
 def test_a_run_rewritten_during_a_listing_is_not_served_unless_it_still_matches(
     store_dir, monkeypatch
 ):
