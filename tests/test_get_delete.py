@@ -7,6 +7,8 @@ from urllib.parse import quote
 import pytest
 from conftest import make_run
 
+import store as store_module
+
 RUNS = "/v1/backup-runs"
 
 # Ids a script may send: the original's own tests use the first one.
@@ -137,3 +139,19 @@ def test_url_without_an_id_is_not_a_run(client):
 
     assert response.status_code == 404
     assert list(response.get_json()) == ["error"]
+
+
+def test_only_the_latest_deletions_are_remembered_a_repeat_counting_as_new(client, monkeypatch):
+    """The store remembers the last RECENT_DELETIONS_KEPT deletions; a repeat is the newest."""
+    monkeypatch.setattr(store_module, "RECENT_DELETIONS_KEPT", 2)
+    store = client.application.extensions["store"]
+    for run_id in ["a", "b", "c"]:
+        assert client.post(RUNS, json=make_run(run_id)).status_code == 201
+    client.delete(f"{RUNS}/a")
+    client.delete(f"{RUNS}/b")
+    client.post(RUNS, json=make_run("a"))
+    client.delete(f"{RUNS}/a")  # a is now the latest deletion, b the oldest
+
+    client.delete(f"{RUNS}/c")
+
+    assert [store.deleted_lately(run_id) for run_id in ["a", "b", "c"]] == [True, False, True]
