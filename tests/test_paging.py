@@ -79,6 +79,26 @@ def test_filters_combine(client, posted, query, expected):
     assert response.headers["X-Total-Count"] == str(len(expected))
 
 
+@pytest.mark.parametrize("status", ["", "&status=success"])
+def test_since_after_until_matches_nothing_and_counts_zero(client, posted, status):
+    """An empty time range is empty: its total is 0, not the negative width of the range."""
+    response = client.get(
+        f"/v1/backup-runs?since=2026-05-12T03:00:05Z&until=2026-05-12T03:00:02Z{status}"
+    )
+    assert ids(response) == []
+    assert response.headers["X-Total-Count"] == "0"
+
+
+def test_a_partial_or_failed_encryption_counts_as_not_encrypted(client):
+    """encryption_status partial or failed is encrypted=false; only "encrypted" is true."""
+    for run_id, outcome in [("e", "encrypted"), ("p", "partial"), ("f", "failed"), ("n", None)]:
+        run = make_run(run_id) if outcome is None else make_run(run_id, encryption_status=outcome)
+        assert client.post("/v1/backup-runs", json=run).status_code == 201
+
+    assert ids(client.get("/v1/backup-runs?encrypted=false")) == ["f", "p"]
+    assert ids(client.get("/v1/backup-runs?encrypted=true")) == ["e"]
+
+
 @pytest.mark.parametrize(
     "query",
     ["job_name=&agent_id=&status=&since=&limit=", "status=&status=", "job_name=&since=&limit="],
