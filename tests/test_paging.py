@@ -71,6 +71,7 @@ def ids(response) -> list[str]:
         ("q=mail", ["r3"]),  # job_name
         ("status=failure&encrypted=true&q=TIME", ["r4"]),
         ("job_name=postgres-daily&status=success&until=2026-05-12T03:00:06Z", ["r0"]),
+        ("job_name=postgres-daily&status=success&encrypted=true", ["r0"]),  # r5: not encrypted
     ],
 )
 def test_filters_combine(client, posted, query, expected):
@@ -87,6 +88,19 @@ def test_since_after_until_matches_nothing_and_counts_zero(client, posted, statu
     )
     assert ids(response) == []
     assert response.headers["X-Total-Count"] == "0"
+
+
+def test_an_agents_runs_of_a_status_are_still_filtered_by_job(client):
+    """Led by the agent's failures (the fewest runs), the job filter must still apply."""
+    runs = [("a1", "A", "x"), ("b1", "B", "x"), ("a2", "A", "y"), ("a3", "A", "y")]
+    for run_id, job, agent in runs:
+        run = make_run(run_id, job_name=job, agent_id=agent, status="failure")
+        assert client.post("/v1/backup-runs", json=run).status_code == 201
+
+    response = client.get("/v1/backup-runs?job_name=A&agent_id=x&status=failure")
+
+    assert ids(response) == ["a1"]
+    assert response.headers["X-Total-Count"] == "1"
 
 
 def test_a_partial_or_failed_encryption_counts_as_not_encrypted(client):
