@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from urllib.parse import quote
 
 import pytest
@@ -155,3 +156,15 @@ def test_only_the_latest_deletions_are_remembered_a_repeat_counting_as_new(clien
     client.delete(f"{RUNS}/c")
 
     assert [store.deleted_lately(run_id) for run_id in ["a", "b", "c"]] == [True, False, True]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_with_the_store_folder_gone_a_run_is_neither_missing_nor_deleted(client, store_dir, method):
+    """No folder: no telling whether the run exists, so 503, not a 404 or a 204."""
+    assert client.post(RUNS, json=make_run()).status_code == 201
+    shutil.rmtree(store_dir)
+
+    response = client.open(f"{RUNS}/run-1", method=method)
+
+    assert response.status_code == 503
+    assert "the store folder is missing" in response.get_json()["error"]
