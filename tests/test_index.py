@@ -361,6 +361,27 @@ def test_posting_lists_built_after_start_stay_true_to_writes(store_dir):
     assert kept_up["job_status"][("db", "partial")] == [restarted._runs["late"].key]
 
 
+def test_a_value_whose_last_run_goes_keeps_no_empty_posting_list(store_dir):
+    """Job names and statuses come and go: each left an empty sorted list behind for good."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("keep", "db", "success", 1, 1))
+    store.save(run_record("gone", "files", "failure", 2, 1))
+    store.save(run_record("moved", "db", "partial", 3, 1))
+    store.build_postings()
+
+    store.delete("gone")
+    store.save(run_record("moved", "db", "success", 3, 1))  # no run is partial any more
+
+    assert {field: sorted(map(str, lists)) for field, lists in posting_lists(store).items()} == {
+        "job_name": ["db"],
+        "agent_id": ["host"],
+        "status": ["success"],
+        "job_status": ["('db', 'success')"],
+        "agent_status": ["('host', 'success')"],
+        "enc": [],  # no run says whether it is encrypted
+    }
+
+
 def test_a_posting_list_built_while_a_write_lands_is_dropped(store_dir, monkeypatch):
     store = RunStore(store_dir, watch=False)
     store.save(run_record("a", "db", "success", 1, 1))
