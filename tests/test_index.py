@@ -539,6 +539,25 @@ def test_a_file_written_in_place_is_read_again_even_if_its_stat_looks_unchanged(
         store.close()
 
 
+def test_a_broken_file_mended_in_place_within_its_stat_signature_is_read_again(
+    store_dir, monkeypatch
+):
+    """A warned-about file is not re-read while its stat holds, unless written in place."""
+    monkeypatch.setattr(store_module, "_file_signature", lambda st: (st.st_ino, st.st_size, 0, 0))
+    store = RunStore(store_dir, watch=False)
+    good = json.dumps(run_record("r", "db", "success", 1, 1))
+    path = store_dir / "r.json"
+    path.write_text("[" + good[1:])  # the same size, but no JSON
+    store.refresh("r.json")
+    assert "r" not in store
+
+    with open(path, "r+") as handle:  # mended in place: same inode, same size
+        handle.write(good)
+    store.refresh("r.json", written_in_place=True)  # what the watcher does on its close
+
+    assert [s.status for s in store.summaries()] == ["success"]
+
+
 def test_a_file_removed_between_a_saves_rename_and_stat_is_a_save_then_a_delete(
     store_dir, monkeypatch
 ):
