@@ -608,6 +608,18 @@ def test_packed_signatures_match_only_the_exact_stat_and_skip_numbers_too_big(tm
     assert not store_module._Signatures.of({"r1": later}).match("r1", st)
 
 
+@pytest.mark.parametrize("field", ["inode", "size", "mtime", "ctime"])
+def test_packed_signatures_differing_in_any_one_number_do_not_match(tmp_path, field):
+    """Each of the four numbers counts: a file replaced or rewritten may keep the other three."""
+    path = tmp_path / "r1.json"
+    path.write_text("{}")
+    st = os.stat(path)
+    row = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "r1"]
+    row[["inode", "size", "mtime", "ctime"].index(field)] += 1
+
+    assert not store_module._Signatures.of({"r1": row}).match("r1", st)
+
+
 def test_a_start_sweeps_old_snapshot_temp_files_left_by_a_killed_write(store_dir):
     """A write killed half-way leaves its temp file beside the store; the next start removes it."""
     aged_store(store_dir).close()
