@@ -352,6 +352,17 @@ def test_file_renamed_in_from_an_rsync_temp_file_is_listed(start_client, store_d
     eventually(lambda: listed_ids(client) == ["synced"])
 
 
+def test_a_run_file_hard_linked_into_the_folder_is_listed(start_client, store_dir, tmp_path):
+    """A hard link (cp -l, rsync --link-dest) makes a create event and no close: it is read."""
+    client = start_client()
+    outside = tmp_path / "linked.json"
+    outside.write_text(json.dumps(stored_run("linked")))
+
+    os.link(outside, store_dir / "linked.json")
+
+    eventually(lambda: listed_ids(client) == ["linked"])
+
+
 def test_file_edited_from_outside_is_served_as_edited(start_client, store_dir):
     client = start_client()
     client.post(RUNS, json=make_run(status="success"))
