@@ -388,6 +388,44 @@ def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_fault
     assert set(statuses.values()) == {201} and len(statuses) == 6
 
 
+def test_writers_arriving_during_a_folder_fsync_wait_for_the_next_one(io_disk, io_faulty):
+    """A folder fsync that began before a writer's rename does not cover it: a second one must."""
+    app = io_faulty.application
+    started, release = threading.Event(), threading.Event()
+    real_fsync = store_module.os.fsync
+    folder_fsyncs = []
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            folder_fsyncs.append(fd)
+            if len(folder_fsyncs) == 1:
+                started.set()
+                release.wait(10)  # hold the first folder fsync while others rename and queue
+        return real_fsync(fd)
+
+    io_disk.monkeypatch.setattr(store_module.os, "fsync", fsync)
+    statuses: dict[str, int] = {}
+
+    def post(run_id: str) -> None:
+        with app.test_client() as client:
+            statuses[run_id] = client.post(RUNS, json=make_run(run_id)).status_code
+
+    first = threading.Thread(target=post, args=("first",))
+    first.start()
+    assert started.wait(10)
+    later = [threading.Thread(target=post, args=(f"later-{i}",)) for i in range(3)]
+    for thread in later:
+        thread.start()
+    while app.extensions["store"]._dir_syncer._requested < 4:  # every writer has renamed
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in [first, *later]:
+        thread.join(timeout=30)
+
+    assert set(statuses.values()) == {201} and len(statuses) == 4
+    assert len(folder_fsyncs) == 2  # the held one, then one shared by the three later writers
+
+
 # --- a store whose disk goes away ----------------------------------------------------------
 
 
