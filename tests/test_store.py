@@ -1309,6 +1309,27 @@ def test_stale_temp_names_that_cannot_be_removed_do_not_stop_the_start(
     assert "cannot remove this stale temp file" in caplog.text
 
 
+def test_a_symlink_or_folder_named_like_a_stale_temp_file_is_left_alone(
+    store_dir, tmp_path, caplog
+):
+    """Only regular files are our temp files: a link or a folder so named is not ours to remove."""
+    store_dir.mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_text("someone's")
+    link = store_dir / f"{store_module.TEMP_PREFIX}a-link{store_module.TEMP_SUFFIX}"
+    folder = store_dir / f"{store_module.TEMP_PREFIX}a-folder{store_module.TEMP_SUFFIX}"
+    link.symlink_to(target)
+    folder.mkdir()
+    stale = time.time() - store_module.STALE_TEMP_SECONDS - 60
+    os.utime(link, (stale, stale), follow_symlinks=False)
+    os.utime(folder, (stale, stale))
+
+    store_module.RunStore(store_dir, watch=False)
+
+    assert link.is_symlink() and folder.is_dir() and target.exists()
+    assert "cannot remove" not in caplog.text
+
+
 def test_a_start_that_fails_leaves_the_folder_unlocked_and_nothing_open(store_dir, monkeypatch):
     """A failed start kept the folder's lock and its inotify and pipe descriptors: a second
     try in the same process found the folder "in use by another process"."""
