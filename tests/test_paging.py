@@ -183,13 +183,15 @@ def test_cursor_pages_cover_every_run_once_with_link_and_total(client, posted):
 def test_cursor_pages_under_a_text_search_cover_every_match_once(client, posted):
     """q is checked run by run, not by a posting list: its pages must start after the cursor."""
     seen, url = [], "/v1/backup-runs?limit=2&q=db-01"
-    while url:
+    for _ in range(3):  # three pages; a cursor that does not advance would loop for good
         response = client.get(url)
         seen += ids(response)
         assert response.headers["X-Total-Count"] == "5"
         link = response.headers.get("Link")
         url = LINK_NEXT.match(link).group(1) if link else None
-    assert seen == ["r5", "r4", "r3", "r1", "r0"]
+        if url is None:
+            break
+    assert (seen, url) == (["r5", "r4", "r3", "r1", "r0"], None)
 
 
 def test_no_link_when_the_last_page_is_exactly_full(client, posted):
