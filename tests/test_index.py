@@ -307,6 +307,19 @@ def test_a_restarted_store_answers_like_the_one_that_wrote_the_runs(store_dir, q
     assert writer.list_runs(RunQuery(**query)).runs == restarted.list_runs(RunQuery(**query)).runs
 
 
+def test_a_restarted_store_has_a_version_for_every_job(store_dir):
+    """/v1/jobs and the dashboard find jobs through job_versions: a start must fill it in."""
+    store = RunStore(store_dir, watch=False)
+    store.save(run_record("a", "db", "success", 1, 1))
+    store.save(run_record("b", "files", "failure", 2, 1))
+    store.close()
+
+    restarted = RunStore(store_dir, watch=False)
+
+    assert set(restarted.job_versions()) == {("db", "host"), ("files", "host")}
+    assert [s.run_id for s in restarted.job_runs(("files", "host"))] == ["b"]
+
+
 @pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 4321])
 def test_a_presorted_list_behaves_as_one_sorted_by_sortedcontainers(size):
     """store._presorted fills SortedList's internals directly; it must be the same list."""
