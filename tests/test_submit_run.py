@@ -236,6 +236,45 @@ def test_names_with_joiners_and_letters_are_accepted(client, name):
     assert client.post(RUNS, json=run).status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("run_id", "x" * 201, "run_id: must be at most 200 characters"),
+        ("run_id", 42, "run_id: must be a string"),
+        ("start_time", 1778551200, "start_time: must be a string"),  # no format error besides
+        (
+            "start_time",
+            "yesterday",
+            "start_time: must be an ISO 8601 date-time, such as 2026-05-12T02:00:00Z",
+        ),
+        ("status", "ok", "status: must be one of success, failure, partial"),
+        ("bytes_backed_up", "1024", "bytes_backed_up: must be an integer"),
+        ("bytes_backed_up", -1, "bytes_backed_up: must be at least 0"),
+        ("bytes_backed_up", 2**63, "bytes_backed_up: must be at most 9223372036854775807"),
+        ("encrypted", "true", "encrypted: must be a boolean"),
+        ("error", 500, "error: must be a string or null"),
+        ("metadata", [], "metadata: must be an object"),
+        ("backup_url", "ftp://x", "backup_url: must be an http:// or https:// URL"),
+    ],
+)
+def test_a_broken_field_is_told_why_in_words(client, field, value, error):
+    """Pins each rule's whole message: the field, and the reason in plain words, said once."""
+    response = post(client, report(**{field: value}))
+
+    assert response.status_code == 400
+    assert response.get_json() == {"error": error}
+
+
+def test_problems_are_listed_in_the_schemas_field_order(client):
+    """Pins the order of several problems: the report's own field order, not the alphabet."""
+    response = post(client, {})
+
+    assert response.get_json()["error"] == (
+        "run_id: is required; job_name: is required; agent_id: is required; "
+        "start_time: is required; end_time: is required; status: is required"
+    )
+
+
 def test_every_problem_is_named_at_once(client):
     response = post(client, report(job_name=MISSING, status="ok", bytes_backed_up=-5))
 
