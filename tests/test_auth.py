@@ -319,3 +319,70 @@ def test_cross_site_reads_are_not_refused(client):
     response = client.get(RUNS, headers={"Origin": "https://evil.example"})
 
     assert response.status_code == 200
+
+
+def test_a_right_api_key_admits_beside_a_wrong_bearer_token(client):
+    """Pins that X-API-Key is tried even when the Authorization header holds a wrong token."""
+    headers = {"Authorization": "Bearer wrong-token", "X-API-Key": "tok-beta-93ab"}
+
+    response = client.get(RUNS, headers=headers, environ_base=REMOTE)
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("scheme", ["basic", "BASIC"])
+def test_the_basic_scheme_name_is_read_without_case(client, scheme):
+    """Pins RFC 9110's case-insensitive auth scheme for Basic, as for Bearer."""
+    encoded = basic(USER, PASSWORD)["Authorization"].split(" ", 1)[1]
+
+    response = client.get(
+        RUNS, headers={"Authorization": f"{scheme} {encoded}"}, environ_base=REMOTE
+    )
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",  # RFC 9112: a target with no authority; no browser sends it
+        "localhost.",  # the fully qualified spelling
+        "localhost.:8080",
+        "0.0.0.0:8080",  # what the start-up line names with HOST=0.0.0.0
+        "[::]:8080",
+    ],
+)
+def test_the_bypass_takes_every_spelling_of_a_loopback_host(client, host):
+    """Pins the Host forms the bypass accepts beside localhost: empty, trailing dot, unspecified."""
+    response = client.get(RUNS, headers={"Host": host})
+
+    assert response.status_code == 200
+
+
+def test_an_origin_compares_its_host_without_case(client):
+    """Pins that a same-origin write is not refused for a host name in other letter case."""
+    posted = client.post(RUNS, json=make_run(), headers={"Origin": "http://LocalHost"})
+
+    assert posted.status_code == 201
+
+
+def test_an_http_origin_is_refused_on_a_request_that_came_in_over_https(client):
+    """Pins the scheme check the other way round: an http page is not this https server."""
+    response = client.post(
+        RUNS, json=make_run(), headers={"Origin": "http://localhost"}, base_url="https://localhost"
+    )
+    same = client.post(
+        RUNS, json=make_run(), headers={"Origin": "https://localhost"}, base_url="https://localhost"
+    )
+
+    assert response.status_code == 403
+    assert "TRUSTED_PROXY" not in response.get_json()["error"]
+    assert same.status_code == 201
+
+
+def test_options_from_another_site_is_not_refused_as_a_write(client):
+    """Pins OPTIONS among the safe methods the cross-site check leaves alone."""
+    response = client.options(RUNS, headers={"Origin": "https://evil.example"})
+
+    assert response.status_code == 200
+    assert "POST" in response.headers["Allow"]
