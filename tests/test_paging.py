@@ -146,6 +146,11 @@ def test_paging_keeps_a_repeated_status(client, posted):
     assert seen == ["r5", "r4", "r3", "r1", "r0"]
 
 
+def cursor_of(raw: bytes) -> str:
+    """Encode raw JSON as this server spells a cursor: URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -153,9 +158,12 @@ def test_paging_keeps_a_repeated_status(client, posted):
         ("status=failure,bogus", "status"),
         ("encrypted=yes", "encrypted"),
         ("q=", "q"),
+        ("q=%20%20%09", "q"),  # blanks only would match every run with a space
         (f"q={'x' * 201}", "q"),
         ("cursor=not-a-cursor", "cursor"),
         ("cursor=WzEsMl0", "cursor"),  # valid base64 of [1,2]: not a position
+        ("cursor=" + cursor_of(b'[true,"r1"]'), "cursor"),  # JSON true is no time
+        ("cursor=" + cursor_of(b'[1,"r1","x"]'), "cursor"),  # one part too many
         # base64 of 5,000 '[': json.loads hits the recursion limit (it answered 500)
         (f"cursor={base64.urlsafe_b64encode(b'[' * 5000).decode()}", "cursor"),
         ("limit=0", "limit"),
@@ -192,6 +200,37 @@ def test_cursor_pages_under_a_text_search_cover_every_match_once(client, posted)
         if url is None:
             break
     assert (seen, url) == (["r5", "r4", "r3", "r1", "r0"], None)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "job_name=postgres-daily",
+        "agent_id=db-01",
+        "since=2026-05-12T03:00:03Z",
+        "until=2026-05-12T03:00:05Z",
+        "encrypted=true",
+        "encrypted=false",
+        "q=postgres",
+        "status=failure",
+        "status=success,%20failure",  # a blank after the comma, as people type it
+    ],
+)
+def test_paging_one_run_at_a_time_keeps_each_filter(client, posted, query):
+    """Pins that the next-page Link carries every filter: same runs and total as one page."""
+    whole = ids(client.get(f"{RUNS}?{query}"))
+    seen, totals, url = [], [], f"{RUNS}?{query}&limit=1"
+    for _ in range(len(whole) + 1):  # bounded: a cursor that does not advance would loop
+        if url is None:
+            break
+        response = client.get(url)
+        seen += ids(response)
+        totals.append(response.headers["X-Total-Count"])
+        link = response.headers.get("Link")
+        url = LINK_NEXT.match(link).group(1) if link else None
+    assert len(whole) >= 2
+    assert totals == [str(len(whole))] * len(whole)
+    assert seen == whole
 
 
 def test_no_link_when_the_last_page_is_exactly_full(client, posted):
