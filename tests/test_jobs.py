@@ -222,6 +222,16 @@ def test_size_drop_compares_with_the_latest_ten_successes_only():
     assert "size_drop" not in stats.flags
 
 
+def test_the_eleventh_latest_success_is_left_out_of_the_median():
+    """Pins the window of ten at its edge: one older success would move this median."""
+    old = sized(10**9)
+    recent = [
+        run_at((30 + day) * DAY, bytes_backed_up=1000 if day % 2 else 3000) for day in range(10)
+    ]
+    stats = stats_of([*old, *recent, run_at(LATER, bytes_backed_up=1000)])
+    assert stats.median_bytes == 2000  # 3000 if the 10**9 counted
+
+
 def test_size_drop_when_under_the_jobs_file_minimum():
     override = JobOverride(JOB[0], min_bytes=1000)
     assert flags_of(run_at(LATER, bytes_backed_up=999), [], override) == ["size_drop"]
@@ -237,6 +247,13 @@ def test_duration_anomaly_under_a_quarter_or_over_four_times_the_median(duration
     earlier = sized(1000, 1000, 1000, duration=100)
     latest = run_at(LATER, bytes_backed_up=1000, duration=duration)
     assert ("duration_anomaly" in flags_of(latest, earlier)) is flagged
+
+
+def test_no_duration_anomaly_against_a_median_of_zero_seconds():
+    """Pins that runs reporting no duration give no scale: a real one is not an anomaly."""
+    earlier = sized(1000, 1000, 1000, duration=0)
+    latest = run_at(LATER, bytes_backed_up=1000, duration=300)
+    assert flags_of(latest, earlier) == []
 
 
 def test_duration_anomaly_needs_three_earlier_successes():
@@ -290,6 +307,19 @@ def test_success_rates_cover_runs_started_in_the_last_7_and_30_days():
     assert stats_of(runs).success_rate(at(now - 7 * DAY)) == 0.5
     assert stats_of(runs).success_rate(at(now - 30 * DAY)) == 0.4
     assert stats_of(runs).success_rate(at(now + 1)) is None
+
+
+def test_the_answer_s_rates_are_over_the_last_7_and_30_days():
+    """Pins the windows moment() asks success_rate for: 7 and 30 days back from now."""
+    runs = [
+        run_at(0, status="failure"),  # 31 days old: in neither
+        run_at(2 * DAY, status="failure"),  # 29 days old
+        run_at(23.5 * DAY, status="failure"),  # 7.5 days old: 30d only
+        run_at(25 * DAY),
+        run_at(30 * DAY),
+    ]
+    *_, rate_7d, rate_30d = stats_of(runs).moment(at(31 * DAY))
+    assert (rate_7d, rate_30d) == (1.0, 0.5)
 
 
 def test_durations_p50_and_p95_interpolate_over_the_latest_100_runs():

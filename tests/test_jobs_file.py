@@ -96,6 +96,7 @@ def test_interval_and_grace_replace_the_inferred_ones(make_app, clock):
         ("2026-05-01T02:00:00Z", "2026-05-02T02:00:00.000000Z"),  # on time
         ("2026-05-01T02:40:00Z", "2026-05-02T02:00:00.000000Z"),  # started late
         ("2026-05-01T01:59:50Z", "2026-05-02T02:00:00.000000Z"),  # early: it served 02:00
+        ("2026-05-01T14:00:00Z", "2026-05-02T02:00:00.000000Z"),  # half-way: the earlier one
     ],
 )
 def test_cron_expects_the_slot_after_the_one_the_run_served(make_app, start, expected):
@@ -481,6 +482,22 @@ def test_a_never_reported_job_has_late_and_schedule_gauges_but_no_last_run(make_
         ("backup_job_flag", "duration_anomaly"): 0.0,
         ("backup_job_flag", "unencrypted"): 0.0,
     }
+
+
+def test_a_muted_overdue_job_reports_muted_not_late_in_metrics(make_app, clock):
+    """Pins backup_job_late as "late and not muted", and backup_job_muted from the file."""
+    app = make_app({"job_name": JOB[0], "muted": True})
+    save(app, *daily(3))
+    clock.moment = T0 + timedelta(days=30)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("backup_job_late", "backup_job_muted")
+    }
+    assert only_job(app)["unmuted_state"] == "late"
+    assert samples == {"backup_job_late": 0.0, "backup_job_muted": 1.0}
 
 
 def test_the_overview_names_jobs_that_never_reported_until_they_do(make_app, clock):

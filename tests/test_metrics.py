@@ -94,6 +94,26 @@ def test_unknown_values_are_left_out_not_faked(app, client):
     assert metrics["backup_job_late"] == {labels(): 0}
 
 
+def test_duration_is_the_reported_one_when_the_end_is_ahead_of_the_report(app, client):
+    """Pins the duration gauge to end_time - start_time, not cut at the report's arrival."""
+    save(app, run_at(0, duration=300, received=T0 + timedelta(seconds=100)))
+    metrics = get_metrics(client)
+    assert metrics["backup_last_run_duration_seconds"] == {labels(): 300}
+    assert metrics["backup_last_run_timestamp_seconds"] == {labels(): T0.timestamp() + 100}
+
+
+def test_each_scrape_gets_the_format_it_asked_for_from_the_cache(app, client):
+    """Pins the content type in the cache key: plain text again after an OpenMetrics scrape."""
+    save(app, run_at(0))
+    openmetrics = {"Accept": "application/openmetrics-text"}
+    first = client.get("/metrics").get_data(as_text=True)
+    second = client.get("/metrics", headers=openmetrics).get_data(as_text=True)
+    third = client.get("/metrics").get_data(as_text=True)
+    assert not first.endswith("# EOF\n")
+    assert second.endswith("# EOF\n")
+    assert third == first
+
+
 def test_late_follows_the_clock(app, client, clock):
     save(app, *daily(3))
     clock.moment = T0 + timedelta(days=3, hours=12)
