@@ -500,6 +500,16 @@ def test_a_muted_overdue_job_reports_muted_not_late_in_metrics(make_app, clock):
     assert samples == {"backup_job_late": 0.0, "backup_job_muted": 1.0}
 
 
+def test_a_muted_job_sorts_last_on_the_overview_even_when_failing(make_app):
+    """Pins the muted rank: it needs no one's attention, so it goes below a healthy job."""
+    app = make_app({"job_name": "aa-retired", "muted": True})
+    save(
+        app, run_at(0, job=("aa-retired", "nas"), status="failure"), run_at(0, job=("zz-fine", "b"))
+    )
+    text = app.test_client().get("/").get_data(as_text=True)
+    assert re.findall(r'class="job-link"[^>]*>([^<]*)<', text) == ["zz-fine", "aa-retired"]
+
+
 def test_the_overview_names_jobs_that_never_reported_until_they_do(make_app, clock):
     app = make_app(
         {"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "interval_seconds": 3600},

@@ -309,6 +309,32 @@ def test_columns_sort_both_ways_and_keep_the_filters(client):
     assert "/?job=i&sort=job&dir=asc" in hrefs(text, r"sort=job")
 
 
+def test_an_unknown_size_sorts_below_zero_bytes(client):
+    """Pins the size order: a run that reports no size is not taken for one of 0 B."""
+    report(client, "1", job_name="b-no-size")
+    report(client, "2", job_name="a-zero", bytes_backed_up=0)
+
+    assert job_order(page(client, "/?sort=size&dir=desc")) == ["a-zero", "b-no-size"]
+    assert job_order(page(client, "/?sort=size&dir=asc")) == ["b-no-size", "a-zero"]
+
+
+def test_a_column_s_first_click_sorts_amounts_down_and_names_up(client):
+    """Pins the first direction per column, and an unknown dir read as ascending."""
+    report(client)
+    text = page(client, "/?sort=job&dir=sideways")
+    links = {
+        column: (aria, html.unescape(href))
+        for aria, href, column in re.findall(
+            r'aria-sort="(\w+)"><a href="([^"]*sort=(\w+)[^"]*)"', text
+        )
+    }
+
+    assert links["job"] == ("ascending", "/?sort=job&dir=desc")
+    assert links["agent"] == ("none", "/?sort=agent&dir=asc")
+    for column in ("started", "duration", "size", "runs"):
+        assert links[column] == ("none", f"/?sort={column}&dir=desc")
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -325,6 +351,8 @@ def test_columns_sort_both_ways_and_keep_the_filters(client):
         ("until=2026-05-09", ["postgres-weekly"]),
         ("since=2026-05-11&until=2026-05-11", ["mail"]),  # until a date includes that day
         ("since=2026-05-11T12:00:00Z", ["postgres-daily"]),
+        ("since=2026-05-11T02:00:00Z", ["mail", "postgres-daily"]),  # from: mail starts then
+        ("until=2026-05-11T02:00:00Z", ["postgres-weekly"]),  # up to, not including, a time
         ("until=9999-12-31", ["mail", "postgres-weekly", "postgres-daily"]),  # no day after it
     ],
 )
@@ -464,6 +492,15 @@ def test_the_deleted_notice_is_for_a_recent_deletion_only(client, app):
     assert "was deleted" not in page(client, "/?deleted=gone")
 
 
+def test_no_deleted_notice_for_a_run_posted_again_after_its_delete(client):
+    """Pins that a run back in the store is not announced as deleted, however recent."""
+    report(client, "again")
+    assert client.delete(RUNS + "/again").status_code == 204
+    report(client, "again")
+
+    assert "was deleted" not in page(client, "/?deleted=again")
+
+
 # --- job monitoring (jobs.py) ----------------------------------------------------------------
 
 
@@ -575,6 +612,25 @@ def test_a_row_whose_run_is_not_the_jobs_latest_shows_the_jobs_state(client):
     assert job_order(text) == ["overlap", "steady"]
 
 
+def test_a_row_the_job_calls_failing_sorts_with_the_failures(client):
+    """Pins attention order by job state when runs overlap: a "Success" row /v1/jobs calls
+    failing sorts above healthy jobs whose names come first."""
+    daily_runs(client, "zz-overlap", 8, 4)
+    daily_runs(client, "aa-steady", 8, 4)
+    long_run = {"start_time": "2026-05-11T20:00:00Z", "end_time": "2026-05-12T06:00:00Z"}
+    report(client, "overlap-long", job_name="zz-overlap", **long_run)
+    report(
+        client,
+        "overlap-short",
+        job_name="zz-overlap",
+        status="failure",
+        start_time="2026-05-12T02:00:00Z",
+        end_time="2026-05-12T02:10:00Z",
+    )
+
+    assert job_order(page(client, "/")) == ["zz-overlap", "aa-steady"]
+
+
 def overlapping_runs(client) -> None:
     """A job whose latest run by end_time (overlap-long) began before its latest by start."""
     daily_runs(client, "overlap", 7, 4, bytes_backed_up=10 * GIB)
@@ -675,6 +731,51 @@ def test_history_chart_marks_failed_and_partial_runs_with_shape_and_word(client)
     assert "<title>2026-05-02 02:00 UTC · failure · 1 min · —</title>" in chart
     assert 'href="/run/2"' in chart
     assert "style=" not in chart
+
+
+def test_history_chart_words_stay_inside_the_chart_at_either_edge(client):
+    """Pins the anchors of the first and last marks' words: start and end, not middle."""
+    report(
+        client,
+        "1",
+        status="failure",
+        start_time="2026-05-01T02:00:00Z",
+        end_time="2026-05-01T02:05:00Z",
+    )
+    report(client, "2", start_time="2026-05-02T02:00:00Z", end_time="2026-05-02T02:05:00Z")
+    report(
+        client,
+        "3",
+        status="partial",
+        start_time="2026-05-03T02:00:00Z",
+        end_time="2026-05-03T02:05:00Z",
+    )
+    chart = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+
+    assert re.search(r'marker-text-failure"[^>]*text-anchor="start">failed<', chart)
+    assert re.search(r'marker-text-partial"[^>]*text-anchor="end">partial<', chart)
+
+
+@pytest.mark.parametrize(("failures", "words"), [(12, 12), (13, 0)])
+def test_history_chart_drops_the_words_when_too_many_would_crowd(client, failures, words):
+    """Pins CHART_MAX_LABELS: a word per failed run up to twelve, then shapes alone."""
+    for day in range(1, failures + 1):
+        start = f"2026-04-{day:02d}T02:00:00Z"
+        report(client, f"f{day}", status="failure", start_time=start, end_time=start)
+    text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    chart = re.search(r'<svg class="history-chart".*?</svg>', text, re.S)[0]
+
+    assert chart.count('class="mark-failure"') == failures
+    assert chart.count(">failed</text>") == words
+
+
+def test_history_lists_overlapping_runs_by_start_time(client):
+    """Pins the history's order: newest start first, even when an older start ended later."""
+    report(client, "long", start_time="2026-05-11T20:00:00Z", end_time="2026-05-12T06:00:00Z")
+    report(client, "short", start_time="2026-05-12T02:00:00Z", end_time="2026-05-12T02:10:00Z")
+    text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+
+    assert re.findall(r'class="run-id"><a href="/run/([^"]+)"', text) == ["short", "long"]
 
 
 def test_history_chart_says_so_when_no_run_reports_a_size(client):
@@ -786,6 +887,13 @@ def test_run_page_links_backup_url_only_when_it_is_http_or_https(app, client):
     text = page(client, "/run/hand-made")
     assert 'href="javascript' not in text
     assert 'javascript:alert(1)</span> <span class="muted">(not an http or https link)' in text
+
+
+def test_run_page_links_a_backup_url_whose_scheme_is_in_capitals(client):
+    """Pins that the scheme is read without case, as the schema accepts HTTPS:// too."""
+    report(client, "caps", backup_url="HTTPS://backups.example/pg.tar")
+
+    assert 'href="HTTPS://backups.example/pg.tar"' in page(client, "/run/caps")
 
 
 def test_run_page_shows_fields_the_schema_does_not_know(app, client):
@@ -1087,6 +1195,8 @@ def test_duration_axis_tops_are_round_numbers(largest, top):
         (47 * 3600, "47 h"),
         (3 * 86400 + 7200, "3 d 2 h"),
         (2 * 86400, "2 d"),
+        (-5, "—"),  # a hand-written file may end before it starts: no "-5 s"
+        (None, "—"),
     ],
 )
 def test_durations_read_like_people_say_them(seconds, text):
