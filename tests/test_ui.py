@@ -139,6 +139,7 @@ def test_a_job_that_must_be_encrypted_counts_as_unencrypted_until_a_run_says_so(
         report(client, "ab-1", job_name="ab-unknown")  # not required: unknown, no flag
         text = page(client, "/")
         assert "unencrypted" in row_of(text, "vault")
+        assert ">unencrypted<" in row_of(text, "vault")  # its flag: the badge says "unknown"
         assert row_of(text, "vault").startswith('<tr class="row-success row-unencrypted')
         assert cards(text)["Unencrypted"] == 1
         assert job_order(text) == ["vault", "aa-healthy", "ab-unknown"]
@@ -340,6 +341,7 @@ def test_a_column_s_first_click_sorts_amounts_down_and_names_up(client):
     [
         ("job=POSTGRES", ["postgres-weekly", "postgres-daily"]),
         ("job=weekly", ["postgres-weekly"]),
+        ("job=%20weekly%20", ["postgres-weekly"]),  # blanks around a typed name
         ("agent=db-02", ["postgres-weekly"]),
         ("agent=db", []),  # agent is an exact choice, not a substring
         ("status=failure", ["mail"]),
@@ -767,6 +769,18 @@ def test_history_chart_drops_the_words_when_too_many_would_crowd(client, failure
 
     assert chart.count('class="mark-failure"') == failures
     assert chart.count(">failed</text>") == words
+
+
+def test_history_chart_draws_the_latest_120_runs_only(client):
+    """Pins CHART_MAX_RUNS: the chart and its caption stop at the latest 120 runs."""
+    for hour in range(121):
+        start = f"2026-05-{1 + hour // 24:02d}T{hour % 24:02d}:00:00Z"
+        report(client, f"h{hour:03d}", start_time=start, end_time=start)
+    text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    chart = re.search(r'<svg class="history-chart".*?</svg>', text, re.S)[0]
+
+    assert "Size and duration of the last 120 runs" in text
+    assert 'href="/run/h120"' in chart and 'href="/run/h000"' not in chart
 
 
 def test_history_lists_overlapping_runs_by_start_time(client):
