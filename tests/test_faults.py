@@ -259,6 +259,19 @@ def test_full_disk_answers_507_and_keeps_the_old_record(disk, faulty, caplog):
     assert stored(faulty)["status"] == "failure"
 
 
+def test_a_refused_write_is_logged_as_an_error_and_a_missing_run_is_not(disk, faulty, caplog):
+    """Pins the store-error log line: the operator learns of a 507 from the log, not of a 404."""
+    caplog.set_level(logging.INFO)
+    assert faulty.get(f"{RUNS}/never-there").status_code == 404
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    disk.fill()
+
+    assert faulty.post(RUNS, json=make_run()).status_code == 507
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("store error: ")
+
+
 def test_reads_still_work_on_a_full_disk(disk, faulty):
     faulty.post(RUNS, json=make_run())
     disk.fill()

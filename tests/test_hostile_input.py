@@ -627,6 +627,9 @@ def test_only_a_request_target_of_bounded_length_is_percent_encoded(server):
     assert encode(b"GET /r\xc3\xa4?q=\xe2\x82\xac HTTP/1.1") == b"GET /r%C3%A4?q=%E2%82%AC HTTP/1.1"
     assert encode(b"GET /\xc3\xa4 HTTP/1.1 ") == b"GET /%C3%A4 HTTP/1.1"  # as waitress reads it
     assert encode(b"G\xc3\x89T /health HTTP/1.1") == b"G\xc3\x89T /health HTTP/1.1"
+    # Only raw bytes in the target make the method's check matter: left whole, not half-encoded.
+    assert encode(b"G\xc3\x89T /\xc3\xa4 HTTP/1.1") == b"G\xc3\x89T /\xc3\xa4 HTTP/1.1"
+    assert encode(b"GET /\xc3\xa4 HTTP/1.\xc3\x89") == b"GET /\xc3\xa4 HTTP/1.\xc3\x89"
     assert encode(b"GET /health HTTP/1.\xc3\x89") == b"GET /health HTTP/1.\xc3\x89"
     too_long = b"GET /health?x=" + "\u00e4".encode() * 5000 + b" HTTP/1.1"
     assert encode(too_long) is too_long
