@@ -190,8 +190,13 @@ def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, cap
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Authorization": "Bearer "}, {"Authorization": "Bearer"}, {"X-API-Key": ""}],
-    ids=["bearer-space", "bearer", "empty-api-key"],
+    [
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer"},
+        {"X-API-Key": ""},
+        {"X-API-Key": "  "},
+    ],
+    ids=["bearer-space", "bearer", "empty-api-key", "blank-api-key"],
 )
 def test_an_empty_credential_from_loopback_is_no_wrong_one(client, caplog, headers):
     """The README's curl lines send 'Bearer $REGISTRY_TOKEN'; on the registry's own host the
@@ -386,3 +391,16 @@ def test_options_from_another_site_is_not_refused_as_a_write(client):
 
     assert response.status_code == 200
     assert "POST" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize("host", ["[", "[::1", "localhost:notaport]"])
+def test_a_host_header_that_is_no_host_gets_no_bypass(client, host):
+    """Pins that a Host the URL parser refuses names no loopback: refused, not admitted."""
+    assert_401(client.get(RUNS, headers={"Host": host}))
+
+
+def test_head_from_another_site_is_not_refused_as_a_write(client):
+    """Pins HEAD among the safe methods the cross-site check leaves alone."""
+    response = client.head(RUNS, headers={"Origin": "https://evil.example"})
+
+    assert response.status_code == 200

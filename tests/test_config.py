@@ -146,6 +146,8 @@ def test_flags_override_the_environment():
         ({"PORT": "-1"}, "PORT"),
         ({"PORT": ""}, "PORT"),
         ({"PORT": "0"}, "PORT"),  # the system would pick one no agent knows
+        ({"PORT": "\uff18\uff10\uff18\uff10"}, "PORT"),  # full-width 8080: int() reads it
+        ({"THREADS": "\u0668"}, "THREADS"),  # an Arabic-Indic 8
         ({"THREADS": "100000"}, "THREADS"),
         ({"MAX_BODY_BYTES": "40000000"}, "MAX_BODY_BYTES"),  # its runs could not be stored
         ({"STORE_DIR": ""}, "STORE_DIR"),  # would make the working folder the store

@@ -71,3 +71,10 @@ def test_store_folder_gone_is_503_in_the_same_shape(client, store_dir):
     response = client.post(RUNS, json=make_run())
 
     assert_error_shape(response, 503)
+
+
+def test_a_wrong_method_names_the_method_and_the_path(client):
+    """Pins the 405 text: which method, on which path, beside the Allow header."""
+    response = client.put(RUNS)
+
+    assert response.get_json() == {"error": f"method PUT not allowed on {RUNS}"}

@@ -392,6 +392,23 @@ def test_body_that_is_not_a_json_object_is_400(client, store_dir, body, mentions
     assert list(store_dir.iterdir()) == []
 
 
+def test_nesting_is_refused_from_the_33rd_level_on(client):
+    """Pins MAX_JSON_DEPTH for objects: 32 levels in all are fine, 33 are refused."""
+    fits = post(client, make_run("fits", metadata=deep_metadata(31)))  # body + 31 = 32 levels
+    too_deep = post(client, make_run("too-deep", metadata=deep_metadata(32)))
+
+    assert fits.status_code == 201
+    assert too_deep.status_code == 400
+    assert too_deep.get_json()["error"].endswith("JSON nested deeper than 32 levels")
+
+
+def test_text_that_cannot_be_stored_is_named_by_its_full_path(client):
+    """Pins the dotted path in the surrogate error: metadata.note, not a bare note."""
+    body = json.dumps(make_run(metadata={"note": "\ud800"})).encode()
+
+    assert_error(post(client, body), 400, "metadata.note: contains an unpaired UTF-16 surrogate")
+
+
 def test_sane_nesting_in_metadata_is_accepted(client):
     response = post(client, make_run(metadata=deep_metadata(10)))
 
