@@ -491,6 +491,27 @@ def test_ties_go_to_the_most_recent_run(app, client, clock):
     assert jobs_in(client) == [("newest", "failing"), ("middle", "failing"), ("older", "failing")]
 
 
+def test_full_ties_go_by_job_name_then_agent(app, client):
+    """Pins the last tie-breakers of /v1/jobs: same state and start, so name, then agent."""
+    save(
+        app,
+        run_at(0, job=("b-job", "a-agent"), status="failure"),
+        run_at(0, job=("a-job", "z-agent"), status="failure"),
+        run_at(0, job=("a-job", "m-agent"), status="failure"),
+    )
+    listed = [(job["job_name"], job["agent_id"]) for job in client.get("/v1/jobs").get_json()]
+    assert listed == [("a-job", "m-agent"), ("a-job", "z-agent"), ("b-job", "a-agent")]
+
+
+def test_whole_seconds_are_written_without_a_fraction(app, client):
+    """Pins _number: 86400, not 86400.0, in the raw JSON a script may match on."""
+    save(app, *daily(3))
+    text = client.get("/v1/jobs").get_data(as_text=True)
+    assert '"expected_interval_seconds":86400,' in text
+    assert '"grace_seconds":43200,' in text
+    assert '"duration_p50_seconds":300,' in text
+
+
 def test_time_moves_the_state_without_any_new_run(app, client, clock):
     save(app, *daily(5))
     clock.moment = T0 + timedelta(days=5, hours=12)

@@ -274,6 +274,26 @@ def test_a_never_reported_cron_job_expects_the_first_slot_after_start(make_app):
     assert job["expected_interval_seconds"] == DAY
 
 
+def test_a_never_reported_cron_job_expects_its_first_slot_in_its_time_zone(make_app):
+    """Pins the time zone in the first expected slot of a job that never reported."""
+    app = make_app(
+        {
+            "job_name": OFFSITE[0],
+            "agent_id": OFFSITE[1],
+            "cron": "30 4 * * *",
+            "timezone": "Europe/Berlin",
+        }
+    )
+    # T0 is 04:00 in Berlin (summer time): its 04:30 is 02:30 UTC, not 04:30 UTC.
+    assert only_job(app)["next_expected_at"] == "2026-05-01T02:30:00.000000Z"
+
+
+def test_a_file_that_is_not_utf8_stops_the_start_saying_so(app_config, jobs_file):
+    """Pins the message for a jobs file in another encoding, such as Latin-1."""
+    jobs_file.write_bytes('{"jobs": [{"job_name": "sicherung-tägl"}]}'.encode("latin-1"))
+    assert start_with(app_config, jobs_file, None) == "not UTF-8 text"
+
+
 def test_a_never_reported_job_without_a_schedule_is_new_for_good(make_app, clock):
     app = make_app({"job_name": OFFSITE[0], "agent_id": OFFSITE[1], "min_bytes": 10})
     clock.moment = T0 + timedelta(days=400)
