@@ -263,6 +263,68 @@ def test_summary_cards_count_jobs_by_their_latest_run(client):
     }
 
 
+def test_summary_cards_link_to_the_jobs_they_count(client):
+    """Pins each card's link: the overview filtered to the jobs that card counts."""
+    report(client)
+    text = page(client, "/")
+    links = {
+        label: html.unescape(href)
+        for href, label in re.findall(
+            r'class="card [^"]*" href="([^"]*)">\s*<span class="card-count">\d+</span>\s*'
+            r'<span class="card-label">([^<]+)</span>',
+            text,
+        )
+    }
+    assert links == {
+        "Jobs": "/",
+        "Late": "/?state=late",
+        "Succeeded": "/?status=success",
+        "Failed": "/?status=failure",
+        "Partial": "/?status=partial",
+        "Unencrypted": "/?encryption=unencrypted",
+    }
+
+
+def test_started_duration_and_runs_columns_sort_by_their_own_values(client):
+    """Pins the started, duration and runs sort keys, each set apart from the others."""
+    # early: starts first, ends last, runs longest, has two runs; late: starts last, one run;
+    # many: three runs. Each order differs from the others and from the names'.
+    report(
+        client,
+        "e0",
+        job_name="early",
+        start_time="2026-05-10T00:00:00Z",
+        end_time="2026-05-10T00:10:00Z",
+    )
+    report(
+        client,
+        "e",
+        job_name="early",
+        start_time="2026-05-11T00:00:00Z",
+        end_time="2026-05-12T03:00:00Z",
+    )
+    report(
+        client,
+        "l",
+        job_name="late",
+        start_time="2026-05-11T22:00:00Z",
+        end_time="2026-05-11T22:01:00Z",
+    )
+    for n in range(3):
+        start = f"2026-05-11T1{n}:00:00Z"
+        report(
+            client,
+            f"m{n}",
+            job_name="many",
+            start_time=start,
+            end_time=start.replace(":00:00", ":30:00"),
+        )
+
+    assert job_order(page(client, "/?sort=started&dir=desc")) == ["late", "many", "early"]
+    assert job_order(page(client, "/?sort=duration&dir=desc")) == ["early", "many", "late"]
+    assert job_order(page(client, "/?sort=runs&dir=desc")) == ["many", "early", "late"]  # 3, 2, 1
+
+
 def test_problems_stand_out_in_words_and_shapes_not_colour_alone(client):
     report(client, "f", job_name="failed-job", status="failure", error="boom")
     report(client, "p", job_name="partial-job", status="partial")
@@ -389,7 +451,9 @@ def test_filters_narrow_the_jobs(client, query, expected):
 def test_filter_form_offers_every_agent_and_keeps_what_was_chosen(client):
     report(client, "1", agent_id="db-01")
     report(client, "2", agent_id="b&b", job_name="x")
+    report(client, "3", agent_id="Cache-01", job_name="y")  # sorted without case: after b&b
     text = page(client, "/?agent=b%26b&status=failure,partial&job=pg")
+    assert re.findall(r'<option value="([^"]*)"', text)[1:4] == ["b&amp;b", "Cache-01", "db-01"]
     assert '<option value="b&amp;b" selected>b&amp;b</option>' in text
     assert '<option value="db-01">db-01</option>' in text
     assert '<option value="failure,partial" selected>' in text
@@ -1110,6 +1174,7 @@ def test_docs_list_parameters_headers_auth_fields_and_curl(app, client):
     assert "/openapi.json" in text
     limits = f"1 to {app_module.MAX_LIMIT}, default {app_module.DEFAULT_LIMIT}"
     assert limits in text
+    assert "<td>string (ISO 8601 date-time)</td>" in text  # start_time's type, said in words
 
 
 def test_docs_give_this_servers_body_limit(app_config):
