@@ -363,19 +363,23 @@ def test_folder_fsync_error_answers_503_and_does_not_stick(io_disk, io_faulty, c
     assert temp_files(io_disk) == []
 
 
-def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_faulty):
-    """Writers that arrive while a failing group fsync runs share the next one, and succeed."""
+def hold_first_folder_fsync(io_disk, io_faulty, later: int, *, fail: bool) -> tuple[dict, int]:
+    """POST one run and hold its folder fsync until `later` more writers have queued behind it,
+    then let it finish (or fail with EIO); return each run's status and the folder fsyncs run."""
     app = io_faulty.application
     started, release = threading.Event(), threading.Event()
     real_fsync = store_module.os.fsync
-    failures = []
+    folder_fsyncs = []
 
     def fsync(fd):
-        if stat.S_ISDIR(os.fstat(fd).st_mode) and not failures:
-            failures.append(fd)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            return real_fsync(fd)
+        folder_fsyncs.append(fd)
+        if len(folder_fsyncs) == 1:
             started.set()
-            release.wait(10)  # hold the first folder fsync while others queue behind it
-            raise OSError(errno.EIO, "Input/output error")
+            release.wait(10)  # hold the first folder fsync while others rename and queue
+            if fail:
+                raise OSError(errno.EIO, "Input/output error")
         return real_fsync(fd)
 
     io_disk.monkeypatch.setattr(store_module.os, "fsync", fsync)
@@ -388,14 +392,22 @@ def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_fault
     first = threading.Thread(target=post, args=("first",))
     first.start()
     assert started.wait(10)
-    later = [threading.Thread(target=post, args=(f"later-{i}",)) for i in range(6)]
-    for thread in later:
+    others = [threading.Thread(target=post, args=(f"later-{i}",)) for i in range(later)]
+    for thread in others:
         thread.start()
-    while app.extensions["store"]._dir_syncer._requested < 7:  # every writer is queued
+    deadline = time.monotonic() + 10
+    while app.extensions["store"]._dir_syncer._requested < later + 1:  # every writer queued
+        assert time.monotonic() < deadline, "the later writers never reached the folder fsync"
         threading.Event().wait(0.01)
     release.set()
-    for thread in [first, *later]:
+    for thread in [first, *others]:
         thread.join(timeout=30)
+    return statuses, len(folder_fsyncs)
+
+
+def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_faulty):
+    """Writers that arrive while a failing group fsync runs share the next one, and succeed."""
+    statuses, _ = hold_first_folder_fsync(io_disk, io_faulty, 6, fail=True)
 
     assert statuses.pop("first") == 503
     assert set(statuses.values()) == {201} and len(statuses) == 6
@@ -403,40 +415,10 @@ def test_folder_fsync_failure_fails_only_the_writes_it_covered(io_disk, io_fault
 
 def test_writers_arriving_during_a_folder_fsync_wait_for_the_next_one(io_disk, io_faulty):
     """A folder fsync that began before a writer's rename does not cover it: a second one must."""
-    app = io_faulty.application
-    started, release = threading.Event(), threading.Event()
-    real_fsync = store_module.os.fsync
-    folder_fsyncs = []
-
-    def fsync(fd):
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            folder_fsyncs.append(fd)
-            if len(folder_fsyncs) == 1:
-                started.set()
-                release.wait(10)  # hold the first folder fsync while others rename and queue
-        return real_fsync(fd)
-
-    io_disk.monkeypatch.setattr(store_module.os, "fsync", fsync)
-    statuses: dict[str, int] = {}
-
-    def post(run_id: str) -> None:
-        with app.test_client() as client:
-            statuses[run_id] = client.post(RUNS, json=make_run(run_id)).status_code
-
-    first = threading.Thread(target=post, args=("first",))
-    first.start()
-    assert started.wait(10)
-    later = [threading.Thread(target=post, args=(f"later-{i}",)) for i in range(3)]
-    for thread in later:
-        thread.start()
-    while app.extensions["store"]._dir_syncer._requested < 4:  # every writer has renamed
-        threading.Event().wait(0.01)
-    release.set()
-    for thread in [first, *later]:
-        thread.join(timeout=30)
+    statuses, folder_fsyncs = hold_first_folder_fsync(io_disk, io_faulty, 3, fail=False)
 
     assert set(statuses.values()) == {201} and len(statuses) == 4
-    assert len(folder_fsyncs) == 2  # the held one, then one shared by the three later writers
+    assert folder_fsyncs == 2  # the held one, then one shared by the three later writers
 
 
 # --- a store whose disk goes away ----------------------------------------------------------

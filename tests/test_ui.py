@@ -654,33 +654,8 @@ def test_a_row_flags_the_run_it_shows_when_runs_overlap(client):
 def test_a_row_whose_run_is_not_the_jobs_latest_shows_the_jobs_state(client):
     """When runs overlap, the row's run (latest by end_time) may have succeeded while the
     job's latest by start_time failed: /v1/jobs says failing and Prometheus alerts, so the
-    row must say so too, and sort with the failures, not show a bare "Success"."""
-    daily_runs(client, "overlap", 8, 4)
-    daily_runs(client, "steady", 8, 4)
-    long_run = {"start_time": "2026-05-11T20:00:00Z", "end_time": "2026-05-12T06:00:00Z"}
-    report(client, "overlap-long", job_name="overlap", **long_run)
-    report(
-        client,
-        "overlap-short",
-        job_name="overlap",
-        status="failure",
-        start_time="2026-05-12T02:00:00Z",
-        end_time="2026-05-12T02:10:00Z",
-    )
-    states = {job["job_name"]: job["state"] for job in client.get("/v1/jobs").get_json()}
-    assert states == {"overlap": "failing", "steady": "ok"}
-
-    text = page(client, "/")
-    row = row_of(text, "overlap")
-    assert "Success" in row  # the row's own run, as issue 4 asks
-    assert re.search(r'badge-state-failing"><svg[^>]*>.*?</svg>failing<', row)
-    assert ">ok<" not in row_of(text, "steady")  # where the status says it all: no badge
-    assert job_order(text) == ["overlap", "steady"]
-
-
-def test_a_row_the_job_calls_failing_sorts_with_the_failures(client):
-    """Pins attention order by job state when runs overlap: a "Success" row /v1/jobs calls
-    failing sorts above healthy jobs whose names come first."""
+    row must say so too, and sort with the failures (above a healthy job whose name comes
+    first), not show a bare "Success"."""
     daily_runs(client, "zz-overlap", 8, 4)
     daily_runs(client, "aa-steady", 8, 4)
     long_run = {"start_time": "2026-05-11T20:00:00Z", "end_time": "2026-05-12T06:00:00Z"}
@@ -693,8 +668,15 @@ def test_a_row_the_job_calls_failing_sorts_with_the_failures(client):
         start_time="2026-05-12T02:00:00Z",
         end_time="2026-05-12T02:10:00Z",
     )
+    states = {job["job_name"]: job["state"] for job in client.get("/v1/jobs").get_json()}
+    assert states == {"zz-overlap": "failing", "aa-steady": "ok"}
 
-    assert job_order(page(client, "/")) == ["zz-overlap", "aa-steady"]
+    text = page(client, "/")
+    row = row_of(text, "zz-overlap")
+    assert "Success" in row  # the row's own run, as issue 4 asks
+    assert re.search(r'badge-state-failing"><svg[^>]*>.*?</svg>failing<', row)
+    assert ">ok<" not in row_of(text, "aa-steady")  # where the status says it all: no badge
+    assert job_order(text) == ["zz-overlap", "aa-steady"]
 
 
 def overlapping_runs(client) -> None:
