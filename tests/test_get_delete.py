@@ -47,6 +47,12 @@ def run_url(run_id: str) -> str:
     return f"{RUNS}/{quote(run_id, safe='')}"
 
 
+def stored(client, run_id: str = "run-1") -> None:
+    """POST a run and check that it is served, so that a delete has a run to remove."""
+    assert client.post(RUNS, json=make_run(run_id)).status_code == 201
+    assert client.get(run_url(run_id)).status_code == 200
+
+
 def test_get_returns_the_stored_run(client):
     stored = client.post(RUNS, json=make_run(metadata={"compression": "zstd"})).get_json()
 
@@ -65,7 +71,8 @@ def test_get_unknown_run_is_404_json(client):
 
 
 def test_delete_is_204_and_the_run_is_gone(client, store_dir):
-    client.post(RUNS, json=make_run())
+    """Pins that a stored run is gone after its DELETE: in the folder, the listing and GET."""
+    stored(client)
 
     response = client.delete(f"{RUNS}/run-1")
 
@@ -78,8 +85,10 @@ def test_delete_is_204_and_the_run_is_gone(client, store_dir):
 
 
 def test_delete_is_idempotent(client):
-    client.post(RUNS, json=make_run())
-    client.delete(f"{RUNS}/run-1")
+    """Pins a repeated DELETE of a run that was stored and deleted: 204 again."""
+    stored(client)
+    assert client.delete(f"{RUNS}/run-1").status_code == 204
+    assert client.get(f"{RUNS}/run-1").status_code == 404
 
     response = client.delete(f"{RUNS}/run-1")
 
