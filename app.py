@@ -1041,7 +1041,9 @@ def _listen(app: Flask, config: dict):
             # waitress joins a repeated header's values one string at a time, so its cost
             # grows with the square of the repeats: 62,500 empty "A:" lines (250 KB, no
             # credentials needed) held its one I/O thread, and every client, for 0.4 s.
-            if header_plus.count(b"\n") > MAX_HEADER_LINES:
+            # header_plus runs from the request line to the blank line that ends the head,
+            # both included: stripped of that end, its newlines count the header lines.
+            if header_plus.rstrip().count(b"\n") > MAX_HEADER_LINES:
                 raise ParsingError(f"more than {MAX_HEADER_LINES} header lines")
             line_end = header_plus.find(b"\r\n")
             if line_end > 0:
