@@ -633,6 +633,14 @@ def test_only_a_request_target_of_bounded_length_is_percent_encoded(server):
     assert encode(b"GET /health HTTP/1.\xc3\x89") == b"GET /health HTTP/1.\xc3\x89"
     too_long = b"GET /health?x=" + "\u00e4".encode() * 5000 + b" HTTP/1.1"
     assert encode(too_long) is too_long
+    # Every byte from 0x80 up; a line of exactly MAX_ENCODED_REQUEST_LINE bytes, not one more.
+    assert encode(b"GET /\x80\xff HTTP/1.1") == b"GET /%80%FF HTTP/1.1"
+    fill = app_module.MAX_ENCODED_REQUEST_LINE - len(b"GET /? HTTP/1.1")
+    longest = b"GET /?" + b"a" * (fill % 2) + b"\xc3\xa4" * (fill // 2) + b" HTTP/1.1"
+    assert len(longest) == app_module.MAX_ENCODED_REQUEST_LINE
+    assert encode(longest) == longest.replace(b"\xc3\xa4", b"%C3%A4")
+    one_more = longest.replace(b"GET /?", b"GET /?a")
+    assert encode(one_more) is one_more
 
     assert raw_request(server, get(b"/health?x=" + "\u00e4".encode() * 5000))[0] == 400
     assert raw_request(server, get(b"/health").replace(b"GET", "G\u00c9T".encode()))[0] == 400
