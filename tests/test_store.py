@@ -1364,3 +1364,18 @@ def test_a_file_in_the_store_folders_place_holds_no_runs(start_client, store_dir
     store_dir.mkdir()
     drop_in(store_dir, "restored.json", stored_run("restored"))
     eventually(lambda: listed_ids(client) == ["restored"], timeout=5)
+
+
+def test_a_stale_file_with_our_temp_prefix_but_not_our_suffix_is_left_alone(store_dir):
+    """Only `.tmp-*.tmp` is ours to sweep: a stale `.tmp-*` file of another name is not."""
+    store_dir.mkdir()
+    stale = time.time() - store_module.STALE_TEMP_SECONDS - 60
+    theirs = store_dir / f"{store_module.TEMP_PREFIX}notes.json"
+    ours = store_dir / f"{store_module.TEMP_PREFIX}crashed{store_module.TEMP_SUFFIX}"
+    for path in (theirs, ours):
+        path.write_text("{")
+        os.utime(path, (stale, stale))
+
+    RunStore(store_dir, watch=False)
+
+    assert theirs.exists() and not ours.exists()
