@@ -15,7 +15,8 @@ import pytest
 import requests
 from conftest import AS_AN_ORDINARY_USER, ROOT, LiveServer, free_port, make_run
 
-from app import SETTINGS, ConfigError, create_app, load_config, main, parse_args
+from app import MAX_THREADS, SETTINGS, ConfigError, create_app, load_config, main, parse_args
+from store import MAX_RUN_FILE_BYTES
 
 RUNS = "/v1/backup-runs"
 ISSUE_SETTINGS = [
@@ -165,8 +166,30 @@ def test_bad_settings_are_refused(environ, mentions):
         load_config({}, environ=environ)
 
 
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [
+        ("PORT", 1, 65535),
+        ("THREADS", 1, MAX_THREADS),
+        ("CONNECTION_LIMIT", 1, 2**31 - 1),
+        ("MAX_BODY_BYTES", 1, MAX_RUN_FILE_BYTES // 4),
+    ],
+)
+def test_whole_number_settings_take_both_ends_of_their_range(name, low, high):
+    """The bounds named in each refusal are themselves allowed."""
+    for value in (low, high):
+        assert load_config({}, environ={name: str(value)})[name] == value
+    with pytest.raises(ConfigError, match=name):
+        load_config({}, environ={name: str(high + 1)})
+
+
 def test_a_trusted_proxy_address_is_trimmed():
     assert load_config({}, environ={"TRUSTED_PROXY": " 127.0.0.1 "})["TRUSTED_PROXY"] == "127.0.0.1"
+
+
+def test_a_trusted_proxy_of_any_address_is_allowed():
+    """'*', waitress's word for any proxy, is not refused as an address it cannot parse."""
+    assert load_config({}, environ={"TRUSTED_PROXY": "*"})["TRUSTED_PROXY"] == "*"
 
 
 def test_a_token_no_header_can_carry_is_refused_without_showing_it():
@@ -228,6 +251,7 @@ def test_bad_configuration_stops_the_start_with_one_clear_line(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert mentions.format(file=regular_file) in lines[0]
+    assert "[Errno" not in lines[0]  # the system's words, not Python's repr of them
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 

@@ -249,6 +249,20 @@ def test_start_up_log_says_when_no_credentials_are_set(open_server, server):
     assert warning not in server.log()
 
 
+def test_start_up_warning_counts_basic_auth_and_names_a_bypass_turned_off(
+    live_server_factory, tmp_path
+):
+    """Basic auth alone is credentials; with none and LOCALHOST_BYPASS=0, no one is admitted."""
+    basic_only = live_server_factory({"AUTH_USER": USER, "AUTH_PASS": PASSWORD}, tmp_path / "a")
+    no_bypass = live_server_factory({"LOCALHOST_BYPASS": "0"}, tmp_path / "b")
+
+    assert "only localhost requests are admitted" not in basic_only.log()
+    assert (
+        "only localhost requests are admitted (and LOCALHOST_BYPASS=0: none at all)"
+        in no_bypass.log()
+    )
+
+
 def test_without_credentials_a_proxied_request_is_refused(open_server, http):
     refused = call(http, open_server, "GET", RUNS, headers={"X-Forwarded-For": "203.0.113.9"})
     admitted = call(http, open_server, "GET", RUNS)
