@@ -498,6 +498,7 @@ def test_health_is_unhealthy_while_the_store_folder_is_gone(tmp_path, caplog, wa
         assert answers[0].json["status"] == "unhealthy" and answers[0].json["error"]
         assert str(tmp_path) not in answers[0].text
         assert caplog.text.count("health: unhealthy") == 1
+        assert f"store folder {store_dir} is missing" in caplog.text  # not "not writable"
 
         (tmp_path / "moved-away").rename(store_dir)
         deadline = time.monotonic() + 10
@@ -543,10 +544,13 @@ def test_health_answers_while_a_look_at_the_store_hangs(tmp_path, monkeypatch):
     assert (answer.status_code, answer.json["status"]) == (503, "unhealthy")
 
 
-def test_health_calls_at_once_share_one_slow_look(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("moved_away", "status"), [(False, 200), (True, 503)])
+def test_health_calls_at_once_share_one_slow_look(tmp_path, monkeypatch, moved_away, status):
     """Each waited its turn for 1 s, then said "hung": two monitors polling a slow but
-    working disk at once got one 200 and one 503, and the log flapped between them."""
-    app = create_app({"STORE_DIR": str(tmp_path / "store"), "API_TOKENS": "", "WATCH_STORE": "0"})
+    working disk at once got one 200 and one 503, and the log flapped between them. The one
+    that waits shares the look's answer, a problem too."""
+    store_dir = tmp_path / "store"
+    app = create_app({"STORE_DIR": str(store_dir), "API_TOKENS": "", "WATCH_STORE": "0"})
     looking, release = threading.Event(), threading.Event()
     slow_access(monkeypatch, looking, release)
     answers: list[int] = []
@@ -561,6 +565,8 @@ def test_health_calls_at_once_share_one_slow_look(tmp_path, monkeypatch):
         second = threading.Thread(target=poll)
         second.start()
         time.sleep(1.5)  # longer than the old wait, well short of HEALTH_HUNG_SECONDS
+        if moved_away:  # after the look found the folder, before its access(2) returns
+            store_dir.rename(tmp_path / "moved-away")
         release.set()
         first.join(10)
         second.join(10)
@@ -568,4 +574,4 @@ def test_health_calls_at_once_share_one_slow_look(tmp_path, monkeypatch):
         release.set()
         app.extensions["store"].close()
 
-    assert answers == [200, 200]
+    assert answers == [status, status]
