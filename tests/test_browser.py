@@ -182,6 +182,30 @@ def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, 
     assert problems.messages == []
 
 
+def test_a_refused_delete_says_why_and_leaves_the_button_usable(live_server_factory, browser):
+    """A DELETE the API refuses shows its error, stays on the run, and re-enables the button."""
+    server = live_server_factory()
+    post_runs(server, [make_run("kept")])
+    page, problems = open_page(browser)
+    try:
+        page.goto(server.url + "/")
+        page.locator("table.jobs tbody tr").first.get_by_role("link", name="Success").click()
+        run_url = page.url
+        server.store_dir.rename(server.store_dir.parent / "moved-away")  # the API answers 503
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Delete run…").click()
+
+        expect(page.locator("#delete-status")).to_have_text(
+            re.compile(r"^Not deleted: cannot delete run: .*missing")
+        )
+        expect(page.get_by_role("button", name="Delete run…")).to_be_enabled()
+        assert page.url == run_url
+    finally:
+        page.context.close()
+    # The browser reports the failed fetch itself; nothing else may show.
+    assert [m for m in problems.messages if "status of 503" not in m] == []
+
+
 def test_a_run_id_with_dot_dot_segments_opens_and_deletes_that_run_only(
     live_server_factory, page: Page
 ):
