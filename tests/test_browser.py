@@ -138,6 +138,10 @@ def test_overview_loads_and_filters(live_server_factory, page: Page):
     page.get_by_role("link", name="Job", exact=True).click()  # and the other way
     expect(rows.first).to_contain_text("photos")
 
+    page.locator("select[name=agent]").select_option("nas-01")  # each filter menu submits
+    expect(page).to_have_url(re.compile(r"agent=nas-01"))
+    expect(rows).to_have_count(1)
+
 
 def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, browser):
     # Behind Basic auth with the localhost bypass off, as an operator on the LAN would be.

@@ -196,6 +196,14 @@ def test_a_filter_from_the_address_stays_in_the_form(client, query, kept):
     assert kept in page(client, f"/?{query}")
 
 
+def test_every_filter_menu_submits_on_change(client):
+    """dashboard.js submits only menus marked data-autosubmit: each of the four must be."""
+    report(client)
+    menus = re.findall(r'<select name="(\w+)"([^>]*)>', page(client, "/"))
+    assert [name for name, _ in menus] == ["agent", "status", "state", "encryption"]
+    assert all("data-autosubmit" in attributes for _, attributes in menus)
+
+
 def test_each_job_shows_its_latest_run_by_end_time(client):
     # Received last, but it ended first: the row must still show the later-ending run.
     report(client, "late-end", start_time="2026-05-11T02:00:00Z", end_time="2026-05-11T23:00:00Z")
