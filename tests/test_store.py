@@ -1266,6 +1266,20 @@ def test_the_lock_moves_to_a_restored_folder(store_dir, tmp_path, monkeypatch, w
     assert not held_elsewhere(store_dir)
 
 
+def test_a_store_that_does_not_serve_takes_no_lock_on_a_restored_folder(store_dir, tmp_path):
+    """Only the serving registry locks: a store built without exclusive= never locks a folder."""
+    store_dir.mkdir()
+    store = store_module.RunStore(store_dir)
+    try:
+        store_dir.rename(tmp_path / "store.old")
+        store_dir.mkdir()
+        drop_in(store_dir, "restored.json", stored_run("restored"))
+        eventually(lambda: "restored" in store, timeout=5)  # the restored folder is followed
+        assert not held_elsewhere(store_dir)
+    finally:
+        store.close()
+
+
 # --- starts that fail, or nearly -------------------------------------------------------------
 
 
