@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_run
+import requests
+from conftest import AS_AN_ORDINARY_USER, LiveServer, make_run
 
 import store as store_module
 from app import create_app
@@ -509,6 +510,22 @@ def test_health_is_unhealthy_while_the_store_folder_is_gone(tmp_path, caplog, wa
         assert "health: healthy again" in caplog.text
     finally:
         app.extensions["store"].close()
+
+
+def test_health_is_unhealthy_while_the_store_folder_cannot_be_searched(tmp_path):
+    """Writable but not searchable (mode 600) is no store: no file in it can be opened."""
+    store_dir = tmp_path / "store"
+    server = LiveServer(store_dir, prefix=AS_AN_ORDINARY_USER).wait_ready()
+    try:
+        store_dir.chmod(0o600)
+        try:
+            health = requests.get(server.url + "/health", timeout=10)
+        finally:
+            store_dir.chmod(0o755)
+        assert (health.status_code, health.json()["status"]) == (503, "unhealthy")
+        assert f"store folder {store_dir} is not writable" in server.log()
+    finally:
+        server.stop()
 
 
 def slow_access(monkeypatch, started: threading.Event, release: threading.Event) -> None:
