@@ -53,12 +53,14 @@ def get(path: bytes, *headers: bytes) -> bytes:
 
 
 def files_outside(root: Path, store_dir: Path) -> dict[str, bytes]:
-    """Every file under root but outside the store, with its content (server logs excluded)."""
+    """Every file under root but outside the store, with its content; server logs and the
+    index snapshot (written beside the store a few seconds after start) excluded."""
     found = {}
+    snapshot = f".{store_dir.name}.index-snapshot"
     for folder, _, names in os.walk(root):
         for name in names:
             path = Path(folder) / name
-            if store_dir in path.parents or name.startswith("server-"):
+            if store_dir in path.parents or name.startswith(("server-", snapshot)):
                 continue
             found[str(path)] = path.read_bytes()
     return found
