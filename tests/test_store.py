@@ -1032,14 +1032,14 @@ def test_changes_the_server_cannot_follow_make_listings_refuse_until_it_can(
         try:
             (store_dir / "r2.json").unlink()  # root may; the server may not look
 
-            eventually(lambda: statuses() == [503, 503, 503, 503], timeout=4)
+            eventually(lambda: statuses() == [503, 503, 503, 503], timeout=10)
             refused = requests.get(server.url + RUNS, timeout=10).json()["error"]
             assert refused.startswith("cannot ") and "store folder" in refused
             time.sleep(2.5)  # a few more turns of the watcher
         finally:
             store_dir.chmod(0o755)
 
-        eventually(lambda: statuses() == [200, 200, 200, 200], timeout=4)
+        eventually(lambda: statuses() == [200, 200, 200, 200], timeout=10)
         listed = requests.get(server.url + RUNS, timeout=10).json()
         assert sorted(run["run_id"] for run in listed) == ["r1", "r3"]
         assert "Traceback" not in server.log()  # said once, in a line, not every second
@@ -1062,13 +1062,13 @@ def test_a_store_folder_out_of_reach_is_not_taken_for_gone(tmp_path, watching):
     try:
         parent.chmod(0)
         try:
-            eventually(lambda: statuses() == [503, 503, 503, 503], timeout=4)
+            eventually(lambda: statuses() == [503, 503, 503, 503], timeout=10)
             time.sleep(2.5)  # a few more turns of the watcher: still refusing, not emptied
             assert statuses() == [503, 503, 503, 503]
         finally:
             parent.chmod(0o755)
 
-        eventually(lambda: statuses() == [200, 200, 200, 200], timeout=4)
+        eventually(lambda: statuses() == [200, 200, 200, 200], timeout=10)
         listed = requests.get(server.url + RUNS, timeout=10).json()
         assert sorted(run["run_id"] for run in listed) == ["r1", "r2", "r3"]
         assert "removed or moved away" not in server.log() and "is gone" not in server.log()
