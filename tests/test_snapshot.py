@@ -445,6 +445,13 @@ def children_of(parent: int) -> list[int]:
     return children
 
 
+def with_ctrl_c_as_in_a_terminal() -> None:
+    """preexec_fn: give the child SIGINT's default disposition, as a terminal's foreground job
+    has. pytest run as a background job (`&` in a CI script) would pass on "ignored", which
+    the server rightly keeps, and the Ctrl-C tests would then fail for no fault of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_stalled(store_dir: Path, tmp_path: Path, start: str, **popen_args):
     """Run start (Python, with STORE the store folder) in a process whose loaders stall, as on
     a huge folder; return it and its two loaders' pids once one loader is at work."""
@@ -467,6 +474,7 @@ def start_stalled(store_dir: Path, tmp_path: Path, start: str, **popen_args):
         """
     )
     env = {**os.environ, "STORE_DIR": str(store_dir)}
+    popen_args.setdefault("preexec_fn", with_ctrl_c_as_in_a_terminal)
     server = subprocess.Popen([sys.executable, "-c", script + start], env=env, **popen_args)
     deadline = time.monotonic() + 20
     while not any(pid_folder.iterdir()) and time.monotonic() < deadline:
@@ -565,7 +573,12 @@ def test_ctrl_c_after_the_load_saves_the_snapshot_without_a_traceback(store_dir)
     )
     env = {**os.environ, "STORE_DIR": str(store_dir), "PORT": str(free_port())}
     result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=with_ctrl_c_as_in_a_terminal,
     )
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
