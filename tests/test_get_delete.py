@@ -47,7 +47,7 @@ def run_url(run_id: str) -> str:
     return f"{RUNS}/{quote(run_id, safe='')}"
 
 
-def stored(client, run_id: str = "run-1") -> None:
+def post_served_run(client, run_id: str = "run-1") -> None:
     """POST a run and check that it is served, so that a delete has a run to remove."""
     assert client.post(RUNS, json=make_run(run_id)).status_code == 201
     assert client.get(run_url(run_id)).status_code == 200
@@ -72,7 +72,7 @@ def test_get_unknown_run_is_404_json(client):
 
 def test_delete_is_204_and_the_run_is_gone(client, store_dir):
     """Pins that a stored run is gone after its DELETE: in the folder, the listing and GET."""
-    stored(client)
+    post_served_run(client)
 
     response = client.delete(f"{RUNS}/run-1")
 
@@ -86,7 +86,7 @@ def test_delete_is_204_and_the_run_is_gone(client, store_dir):
 
 def test_delete_is_idempotent(client):
     """Pins a repeated DELETE of a run that was stored and deleted: 204 again."""
-    stored(client)
+    post_served_run(client)
     assert client.delete(f"{RUNS}/run-1").status_code == 204
     assert client.get(f"{RUNS}/run-1").status_code == 404
 
