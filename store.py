@@ -173,6 +173,8 @@ def parse_timestamp(text: str, *, date_only_ok: bool = False) -> datetime:
         raise ValueError("needs a time as well as a date")
     # RFC 3339 allows a lower-case 't' and 'z'; Python's parser does not.
     value = datetime.fromisoformat(text.upper())
+    if value.tzinfo is UTC:
+        return value  # most are written with Z: converting to UTC costs a third of the parse
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     try:
@@ -243,37 +245,7 @@ class RunSummary:
     )
 
     def __init__(self, run: dict, run_id: str, signature: tuple | None):
-        if run.get("run_id") != run_id:
-            raise ValueError(f"holds run_id {run.get('run_id')!r}, not the one its name says")
-        for field in ("job_name", "agent_id"):
-            if not isinstance(run.get(field), str) or not run[field].strip():
-                raise ValueError(f"{field} is missing or not a string")
-        if run.get("status") not in STATUSES:
-            raise ValueError("status is missing or unknown")
-        size = run.get("bytes_backed_up")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-            raise ValueError("bytes_backed_up is not an integer")
-        if size is not None and not 0 <= size <= MAX_BYTES:
-            raise ValueError(f"bytes_backed_up is out of range (0 to {MAX_BYTES})")
-        self.run_id = run_id
-        # Interning shares one copy of each job and agent name across a million runs.
-        self.job_name = sys.intern(run["job_name"])
-        self.agent_id = sys.intern(run["agent_id"])
-        self.status = sys.intern(run["status"])
-        self.start_ts = _timestamp_field(run, "start_time").timestamp()
-        self.end_ts = _timestamp_field(run, "end_time").timestamp()
-        self.received_us = to_micros(_timestamp_field(run, "received_at"))
-        self.bytes_backed_up = size
-        self.encrypted = effective_encryption(run)
-        # Text or nothing, as the snapshot's rows must be: a file copied in with `true` here
-        # made every later snapshot unusable (its row failed the snapshot's own check).
-        encryption_status = run.get("encryption_status")
-        self.encryption_status = encryption_status if isinstance(encryption_status, str) else None
-        error = run.get("error")
-        self.error = error[:ERROR_INDEXED_CHARS] if isinstance(error, str) else None
-        self.signature = signature
-        # Ascending order of this key is newest received first, ties broken by run id.
-        self.key = (-self.received_us, run_id)
+        self._fill(summary_row(run, run_id, signature or _NO_SIGNATURE))
 
     def holds_the_same(self, other: RunSummary) -> bool:
         """Tell whether other summarises the same content, whatever the stat signatures say."""
@@ -309,28 +281,78 @@ class RunSummary:
     def from_snapshot_row(cls, row: list) -> RunSummary:
         """Rebuild a summary from a snapshot row, without reading its file."""
         summary = cls.__new__(cls)
+        summary._fill(row)
+        return summary
+
+    def _fill(self, row: list) -> None:
+        """Set every field from a snapshot row; a row made with _NO_SIGNATURE gives none."""
         (
             ino,
             size,
             mtime_ns,
             ctime_ns,
-            summary.run_id,
-            summary.received_us,
+            self.run_id,
+            self.received_us,
             job_name,
             agent_id,
             status,
-            summary.start_ts,
-            summary.end_ts,
-            summary.bytes_backed_up,
-            summary.encrypted,
-            summary.encryption_status,
-            summary.error,
+            self.start_ts,
+            self.end_ts,
+            self.bytes_backed_up,
+            self.encrypted,
+            self.encryption_status,
+            self.error,
         ) = row
-        summary.signature = (ino, size, mtime_ns, ctime_ns)
-        summary.job_name, summary.agent_id = sys.intern(job_name), sys.intern(agent_id)
-        summary.status = sys.intern(status)
-        summary.key = (-summary.received_us, summary.run_id)
-        return summary
+        self.signature = None if ino is None else (ino, size, mtime_ns, ctime_ns)
+        # Interning shares one copy of each job and agent name across a million runs.
+        self.job_name, self.agent_id = sys.intern(job_name), sys.intern(agent_id)
+        self.status = sys.intern(status)
+        # Ascending order of this key is newest received first, ties broken by run id.
+        self.key = (-self.received_us, self.run_id)
+
+
+_NO_SIGNATURE = (None, None, None, None)  # a run not read from a file (yet): see save()
+
+
+def summary_row(run: dict, run_id: str, signature: tuple) -> list:
+    """Check the fields the index needs of a run; return them as RunSummary's snapshot row.
+
+    Raise ValueError saying what is wrong. Loader processes send these rows, not summaries:
+    building the row alone costs a third of building a RunSummary and then its row.
+    """
+    if run.get("run_id") != run_id:
+        raise ValueError(f"holds run_id {run.get('run_id')!r}, not the one its name says")
+    for field in ("job_name", "agent_id"):
+        if not isinstance(run.get(field), str) or not run[field].strip():
+            raise ValueError(f"{field} is missing or not a string")
+    if run.get("status") not in STATUSES:
+        raise ValueError("status is missing or unknown")
+    size = run.get("bytes_backed_up")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise ValueError("bytes_backed_up is not an integer")
+    if size is not None and not 0 <= size <= MAX_BYTES:
+        raise ValueError(f"bytes_backed_up is out of range (0 to {MAX_BYTES})")
+    # Text or nothing, as the snapshot's rows must be: a file copied in with `true` here
+    # made every later snapshot unusable (its row failed the snapshot's own check).
+    encryption_status = run.get("encryption_status")
+    error = run.get("error")
+    start_ts = _timestamp_field(run, "start_time").timestamp()
+    end_ts = _timestamp_field(run, "end_time").timestamp()
+    received_us = to_micros(_timestamp_field(run, "received_at"))
+    return [
+        *signature,
+        run_id,
+        received_us,
+        run["job_name"],
+        run["agent_id"],
+        run["status"],
+        start_ts,
+        end_ts,
+        size,
+        effective_encryption(run),
+        encryption_status if isinstance(encryption_status, str) else None,
+        error[:ERROR_INDEXED_CHARS] if isinstance(error, str) else None,
+    ]
 
 
 @dataclass
@@ -511,13 +533,18 @@ def _parse_run(raw: bytes) -> dict:
     return run
 
 
-def _read_summary(folder: str, name: str, run_id: str, folder_fd: int | None = None) -> RunSummary:
-    """Read one run file into a summary; raise _NotARun, or OSError if it cannot be read."""
+def _read_row(folder: str, name: str, run_id: str, folder_fd: int | None = None) -> list:
+    """Read one run file into a summary_row; raise _NotARun, or OSError if it cannot be read."""
     signature, raw = _read_file(folder, name, folder_fd)
     try:
-        return RunSummary(_parse_run(raw), run_id, signature)
+        return summary_row(_parse_run(raw), run_id, signature)
     except (ValueError, TypeError, RecursionError) as exc:
         raise _NotARun(signature, str(exc)) from None
+
+
+def _read_summary(folder: str, name: str, run_id: str, folder_fd: int | None = None) -> RunSummary:
+    """Read one run file into a summary; raise _NotARun, or OSError if it cannot be read."""
+    return RunSummary.from_snapshot_row(_read_row(folder, name, run_id, folder_fd))
 
 
 # --- loading a large folder in several processes ---------------------------------------------
@@ -642,7 +669,7 @@ def _check_files_in(
                 kept.append(run_id)
                 continue
         try:
-            rows.append(_read_summary(folder, name, run_id, folder_fd).snapshot_row())
+            rows.append(_read_row(folder, name, run_id, folder_fd))
         except FileNotFoundError:
             pass  # removed while we looked; the watcher drops it
         except _NotARun as exc:

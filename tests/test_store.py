@@ -763,17 +763,18 @@ def test_a_file_that_cannot_be_read_at_start_is_tried_again(
     store_dir.mkdir()
     for run_id in ["first", "second"]:
         drop_in(store_dir, f"{run_id}.json", stored_run(run_id))
-    real_read_summary = store_module._read_summary
+    real_read_row = store_module._read_row
     faulty = threading.Event()
     faulty.set()
 
-    def read_summary(folder, name, *args):
+    def read_row(folder, name, *args):
         # Injected: no file system here can make a real I/O error on one file.
         if name == "first.json" and faulty.is_set():
             raise OSError(errno.EIO, "Input/output error")
-        return real_read_summary(folder, name, *args)
+        return real_read_row(folder, name, *args)
 
-    monkeypatch.setattr(store_module, "_read_summary", read_summary)
+    # Both the start and the watcher's retries read a run file through _read_row.
+    monkeypatch.setattr(store_module, "_read_row", read_row)
     client = start_client()
 
     assert listed_ids(client) == ["second"]
