@@ -38,6 +38,9 @@ from werkzeug.exceptions import BadRequest
 from store import RunNotFound, RunStore, RunSummary, format_timestamp, loads_strict
 
 JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
+# A jobs file is an object holding a list of flat objects: three levels. Deeper than this is
+# no jobs file, and is refused before the schema check quotes it.
+MAX_JOBS_FILE_DEPTH = 32
 log = logging.getLogger("backup_registry.jobs")
 
 # Worst first: the order /v1/jobs sorts by. The first five are checked in this order and the
@@ -121,12 +124,10 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         raise JobsFileError(f"{where}: not UTF-8 text") from None
     except OSError as exc:
         raise JobsFileError(f"{where}: cannot read it: {exc.strerror}") from None
-    # A jobs file is an object holding a list of flat objects; far deeper nesting exhausts
-    # Python's recursion limit, in the JSON reader or in the repr a schema message quotes.
     too_deep = f"{where}: JSON nested too deeply (a jobs file is a list of flat objects)"
     try:
         data = loads_strict(text)  # an infinite interval would never be late
-    except RecursionError:
+    except RecursionError:  # far deeper nesting exhausts the JSON reader's recursion limit
         raise JobsFileError(too_deep) from None
     except json.JSONDecodeError as exc:
         raise JobsFileError(
@@ -134,10 +135,11 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         ) from None
     except ValueError as exc:
         raise JobsFileError(f"{where}: {exc}") from None
-    try:
-        problems = [_explain(error) for error in _jobs_validator().iter_errors(data)]
-    except RecursionError:
-        raise JobsFileError(too_deep) from None
+    # Checked before the schema, whose message would quote the value: Python 3.11 runs out
+    # of recursion building the repr of a 990-deep object, and 3.12 quotes its braces.
+    if _nested_deeper_than(data, MAX_JOBS_FILE_DEPTH):
+        raise JobsFileError(too_deep)
+    problems = [_explain(error) for error in _jobs_validator().iter_errors(data)]
     if not problems:
         problems = _semantic_problems(data["jobs"])
     if problems:
@@ -150,6 +152,19 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         ),
         changed_at,
     )
+
+
+def _nested_deeper_than(value: object, limit: int) -> bool:
+    """Tell whether value nests lists and objects more than limit levels deep."""
+    pending = [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+    return False
 
 
 def _jobs_validator() -> jsonschema.Draft202012Validator:

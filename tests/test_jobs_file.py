@@ -434,6 +434,17 @@ def test_a_bad_file_stops_the_start_with_a_clear_line(app_config, jobs_file, con
     assert start_with(app_config, jobs_file, content).startswith(reason)
 
 
+def test_nesting_past_32_levels_is_refused_as_such_before_the_schema_check(app_config, jobs_file):
+    """The same line on every Python: 3.12 no longer runs out of recursion quoting the value."""
+
+    def comment_nested(levels: int) -> str:  # the file, its list and the entry make three more
+        return '{"jobs": [{"job_name": "j", "comment": ' + "[" * levels + "]" * levels + "}]}"
+
+    assert start_with(app_config, jobs_file, comment_nested(29)).startswith("jobs[0].comment: [[[[")
+    assert start_with(app_config, jobs_file, comment_nested(30)) == TOO_DEEP
+    assert start_with(app_config, jobs_file, comment_nested(990)) == TOO_DEEP
+
+
 def test_ten_years_is_the_longest_interval_and_grace(make_app, clock):
     app = make_app({"job_name": JOB[0], "interval_seconds": TEN_YEARS, "grace_seconds": TEN_YEARS})
     save(app, run_at(0))
