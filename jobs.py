@@ -41,6 +41,8 @@ JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
 # A jobs file is an object holding a list of flat objects: three levels. Deeper than this is
 # no jobs file, and is refused before the schema check quotes it.
 MAX_JOBS_FILE_DEPTH = 32
+QUOTED_VALUE_CHARS = 60  # of a bad value, in the line that stops a start
+MAX_MESSAGE_CHARS = 400  # of one problem: many unknown keys at once are cut here
 log = logging.getLogger("backup_registry.jobs")
 
 # Worst first: the order /v1/jobs sorts by. The first five are checked in this order and the
@@ -189,12 +191,25 @@ def _explain(error: jsonschema.ValidationError) -> str:
         return f"{where}: set interval_seconds or cron, not both"
     if error.validator == "dependentRequired":
         return f"{where}: timezone applies to cron only; add cron or drop timezone"
+    # Messages quote the offending value (or key) before the reason: shorten the quote, so
+    # that a 300-character job_name still shows "is too long", and keep it on one line.
+    message = " ".join(_shorten_quotes(error).split())[:MAX_MESSAGE_CHARS]
     if error.validator == "additionalProperties":
         known = ", ".join(error.schema.get("properties", {}))
-        return f"{where}: {error.message}; known keys are {known}"
-    # Messages quote the offending value; keep the line short and on one line.
-    message = " ".join(error.message.split())
-    return f"{where}: {message[:200]}"
+        return f"{where}: {message}; known keys are {known}"
+    return f"{where}: {message}"
+
+
+def _shorten_quotes(error: jsonschema.ValidationError) -> str:
+    """Return error's message with each long value or unknown key it quotes cut short."""
+    message = error.message
+    quoted = [repr(error.instance)]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        quoted += [repr(key) for key in error.instance]
+    for text in quoted:
+        if len(text) > QUOTED_VALUE_CHARS:
+            message = message.replace(text, f"{text[:QUOTED_VALUE_CHARS]}...")
+    return message
 
 
 def _semantic_problems(entries: list[dict]) -> list[str]:
