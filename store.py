@@ -319,7 +319,7 @@ def summary_row(run: dict, run_id: str, signature: tuple) -> list:
     """Check the fields the index needs of a run; return them as RunSummary's snapshot row.
 
     Raise ValueError saying what is wrong. Loader processes send these rows, not summaries:
-    building the row alone costs a third of building a RunSummary and then its row.
+    building the row alone costs about half as much as a RunSummary and then its row.
     """
     if run.get("run_id") != run_id:
         raise ValueError(f"holds run_id {run.get('run_id')!r}, not the one its name says")
