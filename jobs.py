@@ -42,7 +42,7 @@ JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
 # no jobs file, and is refused before the schema check quotes it.
 MAX_JOBS_FILE_DEPTH = 32
 QUOTED_VALUE_CHARS = 60  # of a bad value, in the line that stops a start
-MAX_MESSAGE_CHARS = 400  # of one problem: many unknown keys at once are cut here
+MAX_MESSAGE_CHARS = 400  # of a problem's message, before "; known keys are ...": many unknown keys
 log = logging.getLogger("backup_registry.jobs")
 
 # Worst first: the order /v1/jobs sorts by. The first five are checked in this order and the
@@ -165,7 +165,7 @@ def _nested_deeper_than(value: object, limit: int) -> bool:
             if depth > limit:
                 return True
             items = value.values() if isinstance(value, dict) else value
-            pending.extend((item, depth + 1) for item in items)
+            pending.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
     return False
 
 
