@@ -239,7 +239,7 @@ def parse_json_body(raw: bytes) -> object:
     except UnicodeDecodeError as exc:
         raise ApiError(f"body: not valid UTF-8 (byte {exc.start})") from None
     try:
-        data = loads_strict(text)
+        data = loads_strict(text, unique_keys=True)
     except RecursionError:
         raise ApiError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:

@@ -128,7 +128,9 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         raise JobsFileError(f"{where}: cannot read it: {exc.strerror}") from None
     too_deep = f"{where}: JSON nested too deeply (a jobs file is a list of flat objects)"
     try:
-        data = loads_strict(text)  # an infinite interval would never be late
+        # Strict: an infinite interval would never be late, and of a key given twice the
+        # operator may have meant either.
+        data = loads_strict(text, unique_keys=True)
     except RecursionError:  # far deeper nesting exhausts the JSON reader's recursion limit
         raise JobsFileError(too_deep) from None
     except json.JSONDecodeError as exc:

@@ -421,6 +421,10 @@ def entry(**fields) -> str:
         ),
         (entry(interval_seconds=float("inf")), "Infinity is not valid JSON"),
         (
+            '{"jobs": [{"job_name": "j", "interval_seconds": 60, "interval_seconds": 3600}]}',
+            'the key "interval_seconds" appears twice in one object; send each key once',
+        ),
+        (
             '{"jobs": [{"job_name": "j", "interval_seconds": 1e400}]}',
             "the number 1e400 is out of range: it would be read as infinity",
         ),

@@ -376,6 +376,20 @@ def bad_json_encoding(text: str) -> bytes:
         ),
         pytest.param(json.dumps(make_run(job_name="\ud800")).encode(), "surrogate", id="surr"),
         pytest.param(
+            json.dumps(make_run(status="success"))
+            .encode()
+            .replace(b"{", b'{"status": "failure", ', 1),
+            'body: the key "status" appears twice in one object; send each key once',
+            id="status-twice",
+        ),
+        pytest.param(
+            json.dumps(make_run(metadata={"host": "a"}))
+            .encode()
+            .replace(b'"host"', b'"host": "b", "host"'),
+            'body: the key "host" appears twice',
+            id="metadata-key-twice",
+        ),
+        pytest.param(
             json.dumps(make_run(metadata={"\udc00": 1})).encode(), "surrogate", id="surr-key"
         ),
         pytest.param(b"[" * 10000 + b"]" * 10000, "nested", id="10000-arrays"),
