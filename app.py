@@ -431,6 +431,9 @@ def _is_loopback(address: str | None) -> bool:
     return (mapped or peer).is_loopback
 
 
+_NOT_IN_A_HOST = re.compile(r"[@/?#\\\s]")
+
+
 def _names_loopback(host: str | None) -> bool:
     """Tell whether a Host header names this machine's loopback: localhost, or such an address.
 
@@ -442,6 +445,11 @@ def _names_loopback(host: str | None) -> bool:
     """
     if host is None or not host.strip():
         return True
+    # A Host is a name or address and a port, no more (RFC 9110, section 7.2). The URL parser
+    # would read 'evil.example@localhost' as localhost with a user name, and drop a path or
+    # query: refused, not guessed at.
+    if _NOT_IN_A_HOST.search(host):
+        return False
     try:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
     except ValueError:  # 'http://[' and the like

@@ -393,9 +393,23 @@ def test_options_from_another_site_is_not_refused_as_a_write(client):
     assert "POST" in response.headers["Allow"]
 
 
-@pytest.mark.parametrize("host", ["[", "[::1", "localhost:notaport]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[",
+        "[::1",
+        "localhost:notaport]",
+        # What a URL parser would read as localhost, had the Host been a URL.
+        "evil.example@localhost",
+        "localhost/evil.example",
+        "localhost?evil.example",
+        "localhost#evil.example",
+        "localhost\\evil.example",
+        "localhost evil.example",
+    ],
+)
 def test_a_host_header_that_is_no_host_gets_no_bypass(client, host):
-    """Pins that a Host the URL parser refuses names no loopback: refused, not admitted."""
+    """Pins that a Host that is no name and port names no loopback: refused, not admitted."""
     assert_401(client.get(RUNS, headers={"Host": host}))
 
 
