@@ -210,7 +210,8 @@ def _shorten_quotes(error: jsonschema.ValidationError) -> str:
         quoted += [repr(key) for key in error.instance]
     for text in quoted:
         if len(text) > QUOTED_VALUE_CHARS:
-            message = message.replace(text, f"{text[:QUOTED_VALUE_CHARS]}...")
+            # The closing quote or bracket stays, so the reason reads apart from the value.
+            message = message.replace(text, f"{text[:QUOTED_VALUE_CHARS]}...{text[-1]}")
     return message
 
 

@@ -452,13 +452,13 @@ def test_nesting_past_32_levels_is_refused_as_such_before_the_schema_check(app_c
 def test_a_long_bad_value_is_quoted_short_and_the_reason_kept(app_config, jobs_file):
     long_name = "x" * 300
     assert start_with(app_config, jobs_file, entry(job_name=long_name)) == (
-        f"jobs[0].job_name: '{'x' * 59}... is too long"
+        f"jobs[0].job_name: '{'x' * 59}...' is too long"
     )
     listed = start_with(app_config, jobs_file, entry(comment=list(range(300))))
     assert listed.startswith("jobs[0].comment: [0, 1, 2, 3,")
-    assert listed.endswith("... is not of type 'string'")
+    assert listed.endswith("...] is not of type 'string'")
     unknown = start_with(app_config, jobs_file, entry(**{"y" * 500: 1}))
-    assert unknown.startswith(f"jobs[0]: Additional properties are not allowed ('{'y' * 59}... ")
+    assert unknown.startswith(f"jobs[0]: Additional properties are not allowed ('{'y' * 59}...' ")
     assert unknown.endswith(
         "was unexpected); known keys are job_name, agent_id, interval_seconds, "
         "cron, timezone, grace_seconds, min_bytes, require_encryption, muted, comment"
