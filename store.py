@@ -1150,6 +1150,21 @@ class RunStore:
             return f"store folder {self.directory} is not writable"
         return None
 
+    def _refuse_if_not_mounted_since(self) -> None:
+        """Raise StoreUnavailable if the store was a mount point when last served, and is not.
+
+        A server that starts before its disk is mounted (a boot that fails to mount it, a
+        service without RequiresMountsFor) would serve the bare folder beneath as an empty
+        registry, and the runs posted meanwhile would hide once the disk came back. The index
+        snapshot lives beside the store, on the parent's disk, so it remembers.
+        """
+        if self._snapshot.written_at_mount_point and not self._at_mount_point:
+            raise StoreUnavailable(
+                f"store folder {self.directory} was the mount point of its own disk when last "
+                "served and is not now: is its disk mounted? (If the store has moved onto this "
+                f"disk for good, delete {self._snapshot.path} and start again.)"
+            )
+
     def _refuse_if_unmounted(self) -> None:
         """Raise StoreUnavailable if the store was a mount point at start and is not now."""
         if self._at_mount_point and not os.path.ismount(self._path):
@@ -1574,6 +1589,7 @@ class RunStore:
         self.sweep_temp_files(names=names)
         self._snapshot.sweep_temp_files()
         snapshot = self._snapshot.load()
+        self._refuse_if_not_mounted_since()
         run_files = 0
         kept: set[str] = set()
         runs: dict[str, RunSummary] = {}
@@ -1627,7 +1643,7 @@ class RunStore:
             runs = self._runs.copy()
             order = list(self._order)
         # Newest first, as the index keeps them, so that the next start need not sort them.
-        self._snapshot.write([runs[run_id] for _, run_id in order], version)
+        self._snapshot.write([runs[run_id] for _, run_id in order], version, self._at_mount_point)
         return True
 
     def _list_folder(self) -> list[str]:
@@ -1890,6 +1906,9 @@ class _IndexSnapshot:
         self.path = directory.parent / f".{directory.name}.index-snapshot"
         self.version = -1  # the index version last written
         self.refused = False  # whether load() found a snapshot it could not use
+        # Whether the store was the mount point of its own disk when load()'s snapshot was
+        # written (False for a snapshot that predates the field, or none).
+        self.written_at_mount_point = False
         # What write() names its temp files, and nothing else: only those are ever swept.
         self._temp_name = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{32}\.tmp")
 
@@ -1897,6 +1916,7 @@ class _IndexSnapshot:
         """Return run_id -> snapshot row for every trustworthy row, or {} if there are none."""
         rows: dict[str, list] = {}
         self.refused = False
+        self.written_at_mount_point = False
         try:
             with self._open() as handle:
                 header = self._verified(handle.readline())
@@ -1904,6 +1924,7 @@ class _IndexSnapshot:
                     raise ValueError("no header")
                 if header.get("format") != self.FORMAT:
                     raise ValueError(f"format {header.get('format')!r}")
+                self.written_at_mount_point = header.get("mount_point") is True
                 young = header["written_ns"] - RACY_NS
                 for line in handle:
                     for row in self._verified(line):
@@ -2010,10 +2031,18 @@ class _IndexSnapshot:
             log.info("removed %d stale index snapshot temp file(s)", removed)
         return removed
 
-    def write(self, summaries: list[RunSummary], version: int) -> None:
-        """Write the snapshot atomically; a failure is logged and costs only a slower start."""
+    def write(self, summaries: list[RunSummary], version: int, at_mount_point: bool) -> None:
+        """Write the snapshot atomically; a failure is logged and costs only a slower start.
+
+        at_mount_point: whether the store is served at the mount point of its own disk.
+        """
         temp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.tmp")
-        header = {"format": self.FORMAT, "written_ns": time.time_ns(), "runs": len(summaries)}
+        header = {
+            "format": self.FORMAT,
+            "written_ns": time.time_ns(),
+            "runs": len(summaries),
+            "mount_point": at_mount_point,
+        }
         try:
             with open(temp, "wb") as handle:
                 handle.write(self.line(header))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import stat
@@ -425,35 +426,70 @@ def test_writers_arriving_during_a_folder_fsync_wait_for_the_next_one(io_disk, i
 # --- a store whose disk goes away ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["real", "injected"] if can_mount() else ["injected"])
-def test_a_store_at_a_mount_point_refuses_while_its_disk_is_unmounted(tmp_path, monkeypatch, how):
+class StoreAtMountPoint:
+    """STORE_DIR at the mount point of its own disk: a real tmpfs as root, else the kernel's
+    answer to os.path.ismount injected for that one folder."""
+
+    def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch, real: bool):
+        self.path = folder
+        self.path.mkdir()
+        self.real = real
+        self.mounted = True
+        if real:
+            self._mount_tmpfs()
+        else:
+            real_ismount = os.path.ismount
+
+            def ismount(path) -> bool:
+                if Path(os.fspath(path)) == self.path:
+                    return self.mounted
+                return real_ismount(path)
+
+            monkeypatch.setattr(store_module.os.path, "ismount", ismount)
+
+    def _mount_tmpfs(self) -> None:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.path)], check=True
+        )
+
+    def unmount(self) -> None:
+        """Take the disk away; the path is then the bare folder beneath."""
+        if self.real:
+            subprocess.run(["umount", "-l", str(self.path)], check=True)
+        self.mounted = False
+
+    def mount(self) -> None:
+        """Bring a disk back: as root a new, empty tmpfs."""
+        if self.real:
+            self._mount_tmpfs()
+        self.mounted = True
+
+    def cleanup(self) -> None:
+        """Unmount whatever the test left mounted."""
+        if self.real and os.path.ismount(self.path):
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture(params=["real", "injected"] if can_mount() else ["injected"])
+def mounted_store(request, tmp_path, monkeypatch):
+    """A StoreAtMountPoint at tmp_path/store, unmounted again after the test."""
+    store_at_mount_point = StoreAtMountPoint(
+        tmp_path / "store", monkeypatch, request.param == "real"
+    )
+    yield store_at_mount_point
+    store_at_mount_point.cleanup()
+
+
+def test_a_store_at_a_mount_point_refuses_while_its_disk_is_unmounted(mounted_store):
     """STORE_DIR the mount point of its own disk: unmounted, the path is the bare folder
     beneath. Runs posted then went there, 201, and hid once the disk came back; listings and
     the dashboard showed an empty registry meanwhile."""
-    store_dir = tmp_path / "store"
-    store_dir.mkdir()
-    mounted = {"now": True}
-    if how == "real":
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store_dir)], check=True
-        )
-    else:  # the kernel's answer, injected: only for the store folder
-        real_ismount = os.path.ismount
-
-        def ismount(path) -> bool:
-            if Path(os.fspath(path)) == store_dir:
-                return mounted["now"]
-            return real_ismount(path)
-
-        monkeypatch.setattr(store_module.os.path, "ismount", ismount)
-    app = create_app({"STORE_DIR": str(store_dir), "API_TOKENS": ""})
+    app = create_app({"STORE_DIR": str(mounted_store.path), "API_TOKENS": ""})
     client = app.test_client()
     try:
         assert client.post(RUNS, json=make_run("before")).status_code == 201
 
-        if how == "real":
-            subprocess.run(["umount", "-l", str(store_dir)], check=True)
-        mounted["now"] = False
+        mounted_store.unmount()
         posted = client.post(RUNS, json=make_run("while-unmounted"))
         listed = client.get(RUNS)
         deleted = client.delete(f"{RUNS}/before")
@@ -463,17 +499,59 @@ def test_a_store_at_a_mount_point_refuses_while_its_disk_is_unmounted(tmp_path, 
         assert (posted.status_code, listed.status_code, deleted.status_code) == (503, 503, 503)
         assert "mount point" in posted.get_json()["error"]
         assert (health.status_code, health.json["status"]) == (503, "unhealthy")
-        assert "while-unmounted.json" not in os.listdir(store_dir)  # nor in the one beneath
+        assert "while-unmounted.json" not in os.listdir(
+            mounted_store.path
+        )  # nor in the one beneath
 
-        if how == "real":
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(store_dir)], check=True)
-        mounted["now"] = True
+        mounted_store.mount()
         assert client.post(RUNS, json=make_run("mounted-again")).status_code == 201
         assert client.get("/health").status_code == 200
     finally:
         app.extensions["store"].close()
-        if how == "real" and os.path.ismount(store_dir):
-            subprocess.run(["umount", "-l", str(store_dir)], check=False)
+
+
+def test_a_store_served_at_a_mount_point_will_not_start_without_its_disk(mounted_store):
+    """Started before its disk was mounted (a failed boot mount), the server would serve the
+    bare folder beneath as an empty registry. The index snapshot, beside the store on the
+    parent's disk, remembers that the store was a mount point: the start is refused."""
+    config = {"STORE_DIR": str(mounted_store.path), "API_TOKENS": ""}
+    app = create_app(config)
+    assert app.test_client().post(RUNS, json=make_run("on-the-disk")).status_code == 201
+    app.extensions["store"].close()  # writes the index snapshot beside the store
+    stored = (mounted_store.path / "on-the-disk.json").read_bytes()
+
+    mounted_store.unmount()
+    beneath = os.listdir(mounted_store.path)
+    with pytest.raises(store_module.StoreUnavailable) as refused:
+        create_app(config)
+
+    assert "was the mount point of its own disk when last served" in str(refused.value)
+    assert os.listdir(mounted_store.path) == beneath  # nothing written to the folder beneath
+
+    mounted_store.mount()
+    copied = (
+        mounted_store.path / "on-the-disk.json"
+    )  # as root the disk is new: the run copied back,
+    copied.write_bytes(stored)  # old enough to be trusted at once
+    os.utime(copied, (time.time() - 60, time.time() - 60))
+    app = create_app(config)
+    assert [run["run_id"] for run in app.test_client().get(RUNS).get_json()] == ["on-the-disk"]
+    app.extensions["store"].close()
+
+
+def test_a_store_served_as_a_plain_folder_starts_whatever_its_snapshot_says_of_mounts(tmp_path):
+    """The refusal above needs the snapshot's word that the store was a mount point."""
+    store_dir = tmp_path / "store"
+    config = {"STORE_DIR": str(store_dir), "API_TOKENS": ""}
+    app = create_app(config)
+    assert app.test_client().post(RUNS, json=make_run("plain")).status_code == 201
+    app.extensions["store"].close()
+    snapshot = store_module._IndexSnapshot(store_dir)
+
+    header = json.loads(snapshot.path.read_bytes().split(b"\n", 1)[0].split(b" ", 1)[1])
+
+    assert header["mount_point"] is False
+    assert len(create_app(config).extensions["store"]) == 1
 
 
 # --- /health ---------------------------------------------------------------------------------
