@@ -239,7 +239,9 @@ def parse_json_body(raw: bytes) -> object:
     except UnicodeDecodeError as exc:
         raise ApiError(f"body: not valid UTF-8 (byte {exc.start})") from None
     try:
-        data = loads_strict(text, unique_keys=True)
+        # A key given twice keeps its last value, as the original's JSON.parse did: a script
+        # that appends an override ('..., "status": "failure"}') must keep working.
+        data = loads_strict(text)
     except RecursionError:
         raise ApiError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:

@@ -523,9 +523,10 @@ def _object_of_unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return result
 
 
-# Python's json keeps the last of two equal keys, other readers (a proxy, a script grepping
-# the store) may take the first: which one the sender meant cannot be told, so it is refused.
-# Only for what people send (a request body, the jobs file): run files are read as they are.
+# Python's json keeps the last of two equal keys. In the jobs file, edited by hand, a key given
+# twice is a slip (two interval_seconds lines), and which one was meant cannot be told, so it
+# is refused. Not for request bodies, which keep the last as the original did (see app.py),
+# nor for run files, which are read as they are.
 _UNIQUE_KEYS_JSON = json.JSONDecoder(
     parse_constant=_refuse_constant,
     parse_float=_finite_float,
