@@ -885,10 +885,12 @@ class RunStore:
         self._temp_numbers = count()
         self._snapshot = _IndexSnapshot(self.directory)
         self._watcher: _Watcher | None = None
-        self._open_directory()
         # A store at the mount point of its own disk: should the disk go, the path is the
         # bare folder beneath, and what was written there would hide once it came back.
-        self._at_mount_point = os.path.ismount(self._path)
+        self._at_mount_point = self._is_mount_point()
+        # Before the folder is created or probed: that would happen in the folder beneath.
+        self._refuse_if_not_mounted_since()
+        self._open_directory()
         self._exclusive = exclusive
         self._folder_lock = _lock_folder(self.directory) if exclusive else None
         try:
@@ -1151,6 +1153,11 @@ class RunStore:
             return f"store folder {self.directory} is not writable"
         return None
 
+    def _is_mount_point(self) -> bool:
+        """Tell whether the store folder is the mount point of a disk (through any symlink)."""
+        # os.path.ismount says False for a symlink, even for one that leads to a mount point.
+        return os.path.ismount(os.path.realpath(self._path))
+
     def _refuse_if_not_mounted_since(self) -> None:
         """Raise StoreUnavailable if the store was a mount point when last served, and is not.
 
@@ -1159,7 +1166,7 @@ class RunStore:
         registry, and the runs posted meanwhile would hide once the disk came back. The index
         snapshot lives beside the store, on the parent's disk, so it remembers.
         """
-        if self._snapshot.written_at_mount_point and not self._at_mount_point:
+        if self._snapshot.read_header_mount_point() and not self._at_mount_point:
             raise StoreUnavailable(
                 f"store folder {self.directory} was the mount point of its own disk when last "
                 "served and is not now: is its disk mounted? (If the store has moved onto this "
@@ -1168,11 +1175,12 @@ class RunStore:
 
     def _refuse_if_unmounted(self) -> None:
         """Raise StoreUnavailable if the store was a mount point at start and is not now."""
-        if self._at_mount_point and not os.path.ismount(self._path):
+        if self._at_mount_point and not self._is_mount_point():
             raise StoreUnavailable(
                 f"store folder {self.directory} was a mount point at start and is not now (its "
                 "disk unmounted?): nothing is read from or written to the folder beneath; "
-                "mount it again, or restart the registry to serve that folder"
+                f"mount it again (to serve that folder instead, delete {self._snapshot.path} "
+                "and restart the registry)"
             )
 
     def _read_raw(self, run_id: str, name: str) -> tuple[RunSummary, bytes]:
@@ -1590,7 +1598,6 @@ class RunStore:
         self.sweep_temp_files(names=names)
         self._snapshot.sweep_temp_files()
         snapshot = self._snapshot.load()
-        self._refuse_if_not_mounted_since()
         run_files = 0
         kept: set[str] = set()
         runs: dict[str, RunSummary] = {}
@@ -1613,6 +1620,9 @@ class RunStore:
             self.files_read_at_start == 0
             and len(kept) == len(snapshot)
             and not self._snapshot.refused
+            # A store that became a mount point (or stopped being one) with no run changed:
+            # the next start must know, so the snapshot is written again.
+            and self._snapshot.written_at_mount_point == self._at_mount_point
         )
         for row in snapshot.values():
             if row[4] in kept:
@@ -1939,6 +1949,22 @@ class _IndexSnapshot:
             self.refused = True  # to be written again, even for a store with no runs
             return {}
         return rows
+
+    def read_header_mount_point(self) -> bool:
+        """Read only the snapshot's header; return whether the store was a mount point then.
+
+        False when there is no usable snapshot: a missing, broken or older one tells nothing.
+        """
+        try:
+            with self._open() as handle:
+                header = self._verified(handle.readline())
+        except (OSError, ValueError, RecursionError):
+            return False
+        return (
+            isinstance(header, dict)
+            and header.get("format") == self.FORMAT
+            and header.get("mount_point") is True
+        )
 
     def _open(self) -> BinaryIO:
         """Open the snapshot for reading; raise ValueError if it is no regular file."""

@@ -441,7 +441,9 @@ class StoreAtMountPoint:
             real_ismount = os.path.ismount
 
             def ismount(path) -> bool:
-                if Path(os.fspath(path)) == self.path:
+                if os.path.islink(path):
+                    return False  # as the kernel has it: a symlink is no mount point
+                if Path(os.path.realpath(path)) == self.path.resolve():
                     return self.mounted
                 return real_ismount(path)
 
@@ -499,9 +501,8 @@ def test_a_store_at_a_mount_point_refuses_while_its_disk_is_unmounted(mounted_st
         assert (posted.status_code, listed.status_code, deleted.status_code) == (503, 503, 503)
         assert "mount point" in posted.get_json()["error"]
         assert (health.status_code, health.json["status"]) == (503, "unhealthy")
-        assert "while-unmounted.json" not in os.listdir(
-            mounted_store.path
-        )  # nor in the one beneath
+        # Nor in the folder beneath.
+        assert "while-unmounted.json" not in os.listdir(mounted_store.path)
 
         mounted_store.mount()
         assert client.post(RUNS, json=make_run("mounted-again")).status_code == 201
@@ -529,14 +530,69 @@ def test_a_store_served_at_a_mount_point_will_not_start_without_its_disk(mounted
     assert os.listdir(mounted_store.path) == beneath  # nothing written to the folder beneath
 
     mounted_store.mount()
-    copied = (
-        mounted_store.path / "on-the-disk.json"
-    )  # as root the disk is new: the run copied back,
-    copied.write_bytes(stored)  # old enough to be trusted at once
+    # As root the disk is new: the run is copied back, old enough to be trusted at once.
+    copied = mounted_store.path / "on-the-disk.json"
+    copied.write_bytes(stored)
     os.utime(copied, (time.time() - 60, time.time() - 60))
     app = create_app(config)
     assert [run["run_id"] for run in app.test_client().get(RUNS).get_json()] == ["on-the-disk"]
     app.extensions["store"].close()
+
+
+def test_a_store_reached_through_a_symlink_to_its_mount_point_is_guarded_too(
+    mounted_store, tmp_path
+):
+    """os.path.ismount says False for a symlink, so neither guard used to see this store."""
+    link = tmp_path / "link"
+    link.symlink_to(mounted_store.path)
+    config = {"STORE_DIR": str(link), "API_TOKENS": ""}
+    app = create_app(config)
+    client = app.test_client()
+    try:
+        assert client.post(RUNS, json=make_run("before")).status_code == 201
+
+        mounted_store.unmount()
+        posted = client.post(RUNS, json=make_run("while-unmounted"))
+    finally:
+        app.extensions["store"].close()
+
+    assert posted.status_code == 503
+    with pytest.raises(store_module.StoreUnavailable):
+        create_app(config)
+
+
+def test_a_store_that_became_a_mount_point_is_remembered_as_one(tmp_path, monkeypatch):
+    """A snapshot is rewritten when only the store's mount state changed, not a run."""
+    # Files trusted at once, however young: else the run, just written, is read again at the
+    # next start, and that alone has the snapshot rewritten.
+    monkeypatch.setattr(store_module, "RACY_NS", 0)
+    disk = StoreAtMountPoint(tmp_path / "store", monkeypatch, real=False)
+    config = {"STORE_DIR": str(disk.path), "API_TOKENS": ""}
+    disk.unmount()  # served first as a plain folder
+    app = create_app(config)
+    assert app.test_client().post(RUNS, json=make_run("plain")).status_code == 201
+    app.extensions["store"].close()
+
+    disk.mount()  # then moved onto its own disk: the same files, nothing else changed
+    create_app(config).extensions["store"].close()
+    disk.unmount()
+
+    with pytest.raises(store_module.StoreUnavailable):
+        create_app(config)
+
+
+def test_a_refused_start_creates_and_writes_nothing_in_the_folder_beneath(tmp_path, monkeypatch):
+    """The refusal comes before STORE_DIR is created or probed for writing."""
+    disk = StoreAtMountPoint(tmp_path / "store", monkeypatch, real=False)
+    config = {"STORE_DIR": str(disk.path), "API_TOKENS": ""}
+    create_app(config).extensions["store"].close()
+    disk.unmount()
+    disk.path.rmdir()  # not even the bare folder of the mount point is left
+
+    with pytest.raises(store_module.StoreUnavailable):
+        create_app(config)
+
+    assert not disk.path.exists()
 
 
 def test_a_store_served_as_a_plain_folder_starts_whatever_its_snapshot_says_of_mounts(tmp_path):
@@ -551,7 +607,9 @@ def test_a_store_served_as_a_plain_folder_starts_whatever_its_snapshot_says_of_m
     header = json.loads(snapshot.path.read_bytes().split(b"\n", 1)[0].split(b" ", 1)[1])
 
     assert header["mount_point"] is False
-    assert len(create_app(config).extensions["store"]) == 1
+    again = create_app(config).extensions["store"]
+    assert len(again) == 1
+    again.close()
 
 
 # --- /health ---------------------------------------------------------------------------------
