@@ -433,7 +433,9 @@ def _is_loopback(address: str | None) -> bool:
     return (mapped or peer).is_loopback
 
 
-_NOT_IN_A_HOST = re.compile(r"[@/?#\\\s]")
+# A Host header's whole form (RFC 9110, section 7.2): a bracketed IPv6 literal or a name or
+# IPv4 address, then an optional port of digits.
+_HOST_HEADER = re.compile(r"(\[[^\[\]\s]*\]|[^\[\]:@/?#\\\s]*)(:[0-9]*)?")
 
 
 def _names_loopback(host: str | None) -> bool:
@@ -447,10 +449,10 @@ def _names_loopback(host: str | None) -> bool:
     """
     if host is None or not host.strip():
         return True
-    # A Host is a name or address and a port, no more (RFC 9110, section 7.2). The URL parser
-    # would read 'evil.example@localhost' as localhost with a user name, and drop a path or
-    # query: refused, not guessed at.
-    if _NOT_IN_A_HOST.search(host):
+    # The URL parser below would read 'evil.example@localhost' as localhost with a user name,
+    # drop a path, a query or a port that is no number ('localhost:evil.example'), and text
+    # after ']': anything but a name and a port is refused, not guessed at.
+    if not _HOST_HEADER.fullmatch(host):
         return False
     try:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")

@@ -406,6 +406,11 @@ def test_options_from_another_site_is_not_refused_as_a_write(client):
         "localhost#evil.example",
         "localhost\\evil.example",
         "localhost evil.example",
+        # A port that is no number, and text after an IPv6 literal, the parser drops.
+        "localhost:evil.example",
+        "127.0.0.1:80:evil.example",
+        "[::1]:evil.example",
+        "[::1]evil.example",
     ],
 )
 def test_a_host_header_that_is_no_host_gets_no_bypass(client, host):
