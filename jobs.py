@@ -128,9 +128,8 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         raise JobsFileError(f"{where}: cannot read it: {exc.strerror}") from None
     too_deep = f"{where}: JSON nested too deeply (a jobs file is a list of flat objects)"
     try:
-        # Strict: an infinite interval would never be late, and of a key given twice the
-        # operator may have meant either.
-        data = loads_strict(text, unique_keys=True)
+        # Strict: an infinite interval would never be late.
+        data = loads_strict(text, object_pairs_hook=_object_of_unique_keys)
     except RecursionError:  # far deeper nesting exhausts the JSON reader's recursion limit
         raise JobsFileError(too_deep) from None
     except json.JSONDecodeError as exc:
@@ -156,6 +155,36 @@ def load_jobs_file(path: str, store_dir: str | None = None) -> Overrides:
         ),
         changed_at,
     )
+
+
+def _object_of_unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """Build an object of the jobs file, or raise ValueError if it gives a key twice.
+
+    Python's json keeps the last of two equal keys. In a file edited by hand a key given twice
+    is a slip (two interval_seconds lines), and which one was meant cannot be told. (Request
+    bodies keep the last, as the original API did; see app.parse_json_body.)
+    """
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                where = ""
+                if isinstance(result.get("job_name"), str):
+                    where = f" (job_name {_quoted(result['job_name'])})"
+                raise ValueError(
+                    f"the key {_quoted(key)} appears twice in one object{where}; "
+                    "write each key once"
+                )
+            seen.add(key)
+    return result
+
+
+def _quoted(text: str) -> str:
+    """Quote text from the jobs file for a message, as JSON, cut to QUOTED_VALUE_CHARS."""
+    if len(text) > QUOTED_VALUE_CHARS:
+        text = text[:QUOTED_VALUE_CHARS] + "..."
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _nested_deeper_than(value: object, limit: int) -> bool:
@@ -210,8 +239,9 @@ def _shorten_quotes(error: jsonschema.ValidationError) -> str:
         quoted += [repr(key) for key in error.instance]
     for text in quoted:
         if len(text) > QUOTED_VALUE_CHARS:
-            # The closing quote or bracket stays, so the reason reads apart from the value.
-            message = message.replace(text, f"{text[:QUOTED_VALUE_CHARS]}...{text[-1]}")
+            # A closing quote or bracket stays, so the reason reads apart from the value.
+            closing = text[-1] if text[-1] in "'\"]})" else ""
+            message = message.replace(text, f"{text[:QUOTED_VALUE_CHARS]}...{closing}")
     return message
 
 

@@ -510,36 +510,20 @@ def _finite_float(text: str) -> float:
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
-def _object_of_unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """Build a JSON object's dict, or raise ValueError if a key appears in it twice."""
-    result = dict(pairs)
-    if len(result) < len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                shown = json.dumps(key[:60] + "..." if len(key) > 60 else key)
-                raise ValueError(f"the key {shown} appears twice in one object; send each key once")
-            seen.add(key)
-    return result
-
-
-# Python's json keeps the last of two equal keys. In the jobs file, edited by hand, a key given
-# twice is a slip (two interval_seconds lines), and which one was meant cannot be told, so it
-# is refused. Not for request bodies, which keep the last as the original did (see app.py),
-# nor for run files, which are read as they are.
-_UNIQUE_KEYS_JSON = json.JSONDecoder(
-    parse_constant=_refuse_constant,
-    parse_float=_finite_float,
-    object_pairs_hook=_object_of_unique_keys,
-)
-
-
-def loads_strict(text: str | bytes, *, unique_keys: bool = False) -> object:
+def loads_strict(
+    text: str | bytes, *, object_pairs_hook: Callable[[list], dict] | None = None
+) -> object:
     """Parse JSON text (UTF-8 if bytes) as RFC 8259 defines it, or raise ValueError.
 
-    unique_keys: also refuse an object that holds a key twice, which RFC 8259 leaves open.
+    object_pairs_hook, as json's, builds each object from its (key, value) pairs.
     """
-    decoder = _UNIQUE_KEYS_JSON if unique_keys else _STRICT_JSON
+    decoder = _STRICT_JSON
+    if object_pairs_hook is not None:
+        decoder = json.JSONDecoder(
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=object_pairs_hook,
+        )
     return decoder.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
 
 

@@ -422,7 +422,13 @@ def entry(**fields) -> str:
         (entry(interval_seconds=float("inf")), "Infinity is not valid JSON"),
         (
             '{"jobs": [{"job_name": "j", "interval_seconds": 60, "interval_seconds": 3600}]}',
-            'the key "interval_seconds" appears twice in one object; send each key once',
+            'the key "interval_seconds" appears twice in one object (job_name "j"); '
+            "write each key once",
+        ),
+        ('{"jobs": [], "jobs": []}', 'the key "jobs" appears twice in one object; write each'),
+        (
+            '{"jobs": [{"job_name": "täglich", "comment": 1, "comment": 2}]}',
+            'the key "comment" appears twice in one object (job_name "täglich")',
         ),
         (
             '{"jobs": [{"job_name": "j", "interval_seconds": 1e400}]}',
@@ -453,6 +459,10 @@ def test_a_long_bad_value_is_quoted_short_and_the_reason_kept(app_config, jobs_f
     long_name = "x" * 300
     assert start_with(app_config, jobs_file, entry(job_name=long_name)) == (
         f"jobs[0].job_name: '{'x' * 59}...' is too long"
+    )
+    huge = start_with(app_config, jobs_file, entry(grace_seconds=10**70))
+    assert (
+        huge == f"jobs[0].grace_seconds: 1{'0' * 59}... is greater than the maximum of {TEN_YEARS}"
     )
     listed = start_with(app_config, jobs_file, entry(comment=list(range(300))))
     assert listed.startswith("jobs[0].comment: [0, 1, 2, 3,")
