@@ -1134,7 +1134,15 @@ class RunStore:
         # access(2) answers EROFS for a read-only file system, to root too: a disk with
         # errors that the kernel remounted read-only is the likely case here.
         if not os.access(self._path, os.W_OK | os.X_OK):
-            return f"store folder {self.directory} is not writable"
+            # Which one, so that the operator fixes the right bit: a folder of mode 600 is
+            # writable, yet no file in it can be opened.
+            writable = os.access(self._path, os.W_OK)
+            searchable = os.access(self._path, os.X_OK)
+            if not (writable or searchable):
+                return f"store folder {self.directory} is neither writable nor searchable"
+            if not searchable:
+                return f"store folder {self.directory} is not searchable"
+            return f"store folder {self.directory} is not writable"  # or changed in between
         return None
 
     def _is_mount_point(self) -> bool:

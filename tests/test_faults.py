@@ -648,18 +648,28 @@ def test_health_is_unhealthy_while_the_store_folder_is_gone(tmp_path, caplog, wa
         app.extensions["store"].close()
 
 
-def test_health_is_unhealthy_while_the_store_folder_cannot_be_searched(tmp_path):
-    """Writable but not searchable (mode 600) is no store: no file in it can be opened."""
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (0o600, "is not searchable"),  # writable, but no file in it can be opened
+        (0o500, "is not writable"),
+        (0o000, "is neither writable nor searchable"),
+    ],
+)
+def test_health_is_unhealthy_and_says_which_permission_the_store_folder_lacks(
+    tmp_path, mode, reason
+):
+    """Each is no store to write to; the log names the missing permission, not another."""
     store_dir = tmp_path / "store"
     server = LiveServer(store_dir, prefix=AS_AN_ORDINARY_USER).wait_ready()
     try:
-        store_dir.chmod(0o600)
+        store_dir.chmod(mode)
         try:
             health = requests.get(server.url + "/health", timeout=10)
         finally:
             store_dir.chmod(0o755)
         assert (health.status_code, health.json()["status"]) == (503, "unhealthy")
-        assert f"store folder {store_dir} is not writable" in server.log()
+        assert f"store folder {store_dir} {reason}" in server.log()
     finally:
         server.stop()
 
