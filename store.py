@@ -1171,8 +1171,8 @@ class RunStore:
             raise StoreUnavailable(
                 f"store folder {self.directory} was a mount point at start and is not now (its "
                 "disk unmounted?): nothing is read from or written to the folder beneath; "
-                f"mount it again (to serve that folder instead, delete {self._snapshot.path} "
-                "and restart the registry)"
+                "mount it again (to serve that folder instead, stop the registry, delete "
+                f"{self._snapshot.path}, and start it: a stop writes that file again)"
             )
 
     def _read_raw(self, run_id: str, name: str) -> tuple[RunSummary, bytes]:
