@@ -872,6 +872,8 @@ class RunStore:
         # A store at the mount point of its own disk: should the disk go, the path is the
         # bare folder beneath, and what was written there would hide once it came back.
         self._at_mount_point = self._is_mount_point()
+        # What the index snapshot says of the last time the store was served (False if none).
+        self._was_mount_point = self._snapshot.read_header_mount_point()
         # Before the folder is created or probed: that would happen in the folder beneath.
         self._refuse_if_not_mounted_since()
         self._open_directory()
@@ -1158,7 +1160,7 @@ class RunStore:
         registry, and the runs posted meanwhile would hide once the disk came back. The index
         snapshot lives beside the store, on the parent's disk, so it remembers.
         """
-        if self._snapshot.read_header_mount_point() and not self._at_mount_point:
+        if self._was_mount_point and not self._at_mount_point:
             raise StoreUnavailable(
                 f"store folder {self.directory} was the mount point of its own disk when last "
                 "served and is not now: is its disk mounted? (If the store has moved onto this "
@@ -1614,7 +1616,7 @@ class RunStore:
             and not self._snapshot.refused
             # A store that became a mount point (or stopped being one) with no run changed:
             # the next start must know, so the snapshot is written again.
-            and self._snapshot.written_at_mount_point == self._at_mount_point
+            and self._was_mount_point == self._at_mount_point
         )
         for row in snapshot.values():
             if row[4] in kept:
@@ -1909,9 +1911,6 @@ class _IndexSnapshot:
         self.path = directory.parent / f".{directory.name}.index-snapshot"
         self.version = -1  # the index version last written
         self.refused = False  # whether load() found a snapshot it could not use
-        # Whether the store was the mount point of its own disk when load()'s snapshot was
-        # written (False for a snapshot that predates the field, or none).
-        self.written_at_mount_point = False
         # What write() names its temp files, and nothing else: only those are ever swept.
         self._temp_name = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{32}\.tmp")
 
@@ -1919,7 +1918,6 @@ class _IndexSnapshot:
         """Return run_id -> snapshot row for every trustworthy row, or {} if there are none."""
         rows: dict[str, list] = {}
         self.refused = False
-        self.written_at_mount_point = False
         try:
             with self._open() as handle:
                 header = self._verified(handle.readline())
@@ -1927,7 +1925,6 @@ class _IndexSnapshot:
                     raise ValueError("no header")
                 if header.get("format") != self.FORMAT:
                     raise ValueError(f"format {header.get('format')!r}")
-                self.written_at_mount_point = header.get("mount_point") is True
                 young = header["written_ns"] - RACY_NS
                 for line in handle:
                     for row in self._verified(line):
