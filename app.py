@@ -39,6 +39,7 @@ from store import (
     StoreError,
     StoreFull,
     StoreUnavailable,
+    TimestampOutOfRange,
     format_timestamp,
     loads_strict,
     parse_timestamp,
@@ -408,6 +409,12 @@ class RunValidator:
         if kind == "maximum":
             return f"{field}: must be at most {expected}"
         if kind == "format":
+            try:
+                parse_timestamp(error.instance)
+            except TimestampOutOfRange as exc:
+                return f"{field}: {exc}"
+            except (ValueError, OverflowError):
+                pass
             return f"{field}: must be an ISO 8601 date-time, such as 2026-05-12T02:00:00Z"
         if kind == "pattern":
             return f"{field}: {schema.get('x-reason', 'has the wrong form')}"
@@ -867,6 +874,8 @@ def parse_list_query(args) -> RunQuery:
         if value is not None:
             try:
                 moment = parse_timestamp(value, date_only_ok=True)
+            except TimestampOutOfRange as exc:
+                raise ApiError(f"{name}: {exc}") from None
             except (ValueError, OverflowError):
                 hint = ""
                 if " " in value:  # '+01:00' typed into a URL arrives as ' 01:00'

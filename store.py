@@ -166,14 +166,37 @@ def run_id_for(file_name: str) -> str | None:
 # --- time ------------------------------------------------------------------------------------
 
 
-def parse_timestamp(text: str, *, date_only_ok: bool = False) -> datetime:
-    """Parse an ISO 8601 date-time into an aware UTC datetime; a naive time means UTC."""
+class TimestampOutOfRange(ValueError):
+    """A well-formed date-time whose offset takes it past year 1 or 9999 in UTC."""
+
+
+# An ISO 8601 date (calendar or week, extended or basic), then optionally a time after 'T' or a
+# space (RFC 3339 allows both), and an offset in hours and minutes. Python 3.11's fromisoformat
+# alone also takes any character between date and time ('2026-05-12702:00:00'), a fraction with
+# no digits ('02:00:00.Z') and an offset with seconds, which no scheduler or `date` writes.
+_ISO_8601 = re.compile(
+    r"(?:\d{4}-(?:\d{2}-\d{2}|W\d{2}-\d)|\d{4}(?:\d{4}|W\d{3}))"
+    r"(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?|\d{2}(?:\d{2}(?:[.,]\d+)?)?)?"
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?)?",
+    re.ASCII,
+)
+
+
+def parse_timestamp(text: str, *, date_only_ok: bool = False, lenient: bool = False) -> datetime:
+    """Parse an ISO 8601 date-time into an aware UTC datetime; a naive time means UTC.
+
+    lenient skips the check of its shape, for run files already in the store (see
+    _timestamp_field); what clients send is always checked.
+    """
     if not isinstance(text, str) or not 10 <= len(text) <= 64:
         raise ValueError("not an ISO 8601 date-time")
     if not date_only_ok and len(text) == 10:
         raise ValueError("needs a time as well as a date")
     # RFC 3339 allows a lower-case 't' and 'z'; Python's parser does not.
-    value = datetime.fromisoformat(text.upper())
+    text = text.upper()
+    if not lenient and not _ISO_8601.fullmatch(text):
+        raise ValueError("not an ISO 8601 date-time")
+    value = datetime.fromisoformat(text)
     if value.tzinfo is UTC:
         return value  # most are written with Z: converting to UTC costs a third of the parse
     if value.tzinfo is None:
@@ -181,7 +204,9 @@ def parse_timestamp(text: str, *, date_only_ok: bool = False) -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise ValueError("out of range once converted to UTC") from None
+        raise TimestampOutOfRange(
+            "out of range once converted to UTC (years 1 to 9999 only)"
+        ) from None
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -221,7 +246,9 @@ def _timestamp_field(run: dict, field: str) -> datetime:
     if field not in run:
         raise ValueError(f"{field} is missing")
     try:
-        return parse_timestamp(run[field])
+        # Lenient: a run an older version accepted with an odd separator stays in the index
+        # rather than vanish from it at the next start; and every first start skips the check.
+        return parse_timestamp(run[field], lenient=True)
     except ValueError as exc:
         raise ValueError(f"{field}: {exc}") from None
 

@@ -160,6 +160,15 @@ def test_an_offset_whose_plus_became_a_space_gets_a_hint(client):
     assert error == "until: must be an ISO 8601 date or date-time"
 
 
+def test_since_and_until_refuse_what_iso_8601_has_no_form_for(client):
+    assert client.get(f"{RUNS}?since=2026-05-12X02:00:00").get_json() == {
+        "error": "since: must be an ISO 8601 date or date-time"
+    }
+    assert client.get(f"{RUNS}?until=9999-12-31T23:00:00-12:00").get_json() == {
+        "error": "until: out of range once converted to UTC (years 1 to 9999 only)"
+    }
+
+
 def test_since_may_be_a_date(client, clock):
     post_runs(client, clock, make_run("r1"))
 

@@ -437,6 +437,17 @@ def test_a_skipped_file_s_warning_names_the_field_at_fault(start_client, store_d
     assert "start_time: not an ISO 8601 date-time" in warning
 
 
+def test_a_run_file_with_an_odd_separator_in_a_time_stays_listed(start_client, store_dir):
+    """The API now refuses '2026-05-12X02:00:00', which it once stored: such a run, already on
+    disk, must not vanish from the index at the next start."""
+    store_dir.mkdir()
+    drop_in(store_dir, "odd.json", {**stored_run("odd"), "start_time": "2026-05-12X02:00:00"})
+
+    client = start_client(WATCH_STORE=False)
+
+    assert listed_ids(client) == ["odd"]
+
+
 def test_a_file_the_listing_skips_is_not_served_by_get_either(start_client, store_dir):
     """GET used to check only run_id: it served a file the index refused, and the dashboard's
     page for it answered 500."""

@@ -265,6 +265,57 @@ def test_a_broken_field_is_told_why_in_words(client, field, value, error):
     assert response.get_json() == {"error": error}
 
 
+@pytest.mark.parametrize(
+    "start_time",
+    [
+        "2026-05-12T02:00:00+00:00",  # date -Iseconds
+        "2026-05-12T02:00:00.000Z",  # JavaScript's toISOString()
+        "2026-05-12T04:00:00.0000000+02:00",  # PowerShell's Get-Date -Format o
+        "2026-05-12 02:00:00.123456",  # Python's str() of a datetime: a space, no offset
+        "2026-05-12t02:00:00z",  # RFC 3339 allows lower case
+        "20260512T020000Z",  # ISO 8601's basic format
+        "2026-W20-2T02:00",  # a week date
+        "2026-05-12T02:00:00,5+0000",  # a decimal comma, an offset without its colon
+    ],
+)
+def test_iso_8601_date_times_that_tools_write_are_accepted(client, start_time):
+    response = post(client, report(start_time=start_time, end_time="2026-05-12T03:00:00Z"))
+
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["start_time"] == start_time  # stored as sent
+
+
+@pytest.mark.parametrize(
+    "start_time",
+    [
+        "2026-05-12X02:00:00",  # Python 3.11's fromisoformat takes any separator...
+        "2026-05-12702:00:00",  # ...even a digit
+        "2026-05-12\u00e902:00:00",
+        "2026-05-12T02:00:00.Z",  # a decimal point and no digits
+        "2026-05-12T02:00:00+00:00:30",  # an offset with seconds
+        "2026-05-12T02:00:00 Z",
+        "\uff12\uff10\uff12\uff16-05-12T02:00:00",  # full-width digits
+    ],
+)
+def test_date_times_iso_8601_has_no_form_for_are_refused(client, start_time):
+    """Refuse rather than guess: these were stored as sent, and shown as they were."""
+    response = post(client, report(start_time=start_time, end_time="2026-05-12T03:00:00Z"))
+
+    assert response.get_json() == {
+        "error": "start_time: must be an ISO 8601 date-time, such as 2026-05-12T02:00:00Z"
+    }
+    assert client.get(f"{RUNS}/run-1").status_code == 404
+
+
+def test_a_date_time_past_year_9999_in_utc_is_told_so(client):
+    """Well formed, and so not 'must be an ISO 8601 date-time': the offset is the trouble."""
+    response = post(client, report(end_time="9999-12-31T23:00:00-12:00"))
+
+    assert response.get_json() == {
+        "error": "end_time: out of range once converted to UTC (years 1 to 9999 only)"
+    }
+
+
 def test_problems_are_listed_in_the_schemas_field_order(client):
     """Pins the order of several problems: the report's own field order, not the alphabet."""
     response = post(client, {})
