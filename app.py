@@ -931,7 +931,8 @@ class _FlagParser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str]) -> dict:
     """Read command-line flags; each mirrors a setting (--store-dir is STORE_DIR)."""
-    parser = _FlagParser(description="Serve the Backup Registry with waitress.")
+    # No abbreviations: '--auth=x' made argparse print x in its 'ambiguous option' error.
+    parser = _FlagParser(description="Serve the Backup Registry with waitress.", allow_abbrev=False)
     for name in SETTINGS:
         parser.add_argument("--" + name.lower().replace("_", "-"), dest=name, metavar=name)
     flags, unknown = parser.parse_known_args(argv)

@@ -232,6 +232,10 @@ def regular_file(tmp_path: Path) -> Path:
         pytest.param((), {"HOST": "999.1.1.1"}, "cannot listen on HOST='999.1.1.1'", id="host"),
         # A mistyped flag holding a secret: named, its value never shown.
         pytest.param(("--auth-password=s3cret-pw",), {}, "--auth-password", id="unknown-flag"),
+        # argparse's 'ambiguous option' error repeats the value; and an abbreviation that
+        # matched one flag was taken as it, a guess at what was meant.
+        pytest.param(("--auth=s3cret-pw",), {}, "unknown option --auth", id="ambiguous-flag"),
+        pytest.param(("--auth-p=s3cret-pw",), {}, "unknown option --auth-p", id="abbreviation"),
         pytest.param(("--port",), {}, "--port", id="flag-without-value"),
         pytest.param((), {"PORT": "{taken}"}, "Address already in use", id="port-in-use"),
     ],
