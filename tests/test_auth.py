@@ -8,6 +8,8 @@ import logging
 import pytest
 from conftest import make_run
 
+from app import LOGGED_HOST_BYTES
+
 RUNS = "/v1/backup-runs"
 REMOTE = {"REMOTE_ADDR": "10.0.0.5"}  # a peer on the network, not loopback
 TOKENS = " tok-alpha-5f1c , ,tok-beta-93ab,, "
@@ -162,6 +164,18 @@ def test_a_local_request_refused_for_its_host_says_why_in_the_log(client, caplog
     assert_401(client.get(RUNS, headers={"Host": "a b"}))  # as sent, not as Werkzeug cleans it
     assert "(Host registry.example.com names no loopback: no localhost bypass" in caplog.text
     assert "(Host a%20b names no loopback" in caplog.text
+
+
+def test_a_long_host_is_cut_short_on_the_refusal_s_log_line(client, caplog):
+    """Logged whole and percent-encoded, an 80 KB Host of '%' wrote 240 KB to the log for
+    every refused request from loopback."""
+    caplog.set_level(logging.WARNING)
+
+    assert_401(client.get(RUNS, headers={"Host": "%" * 80_000}))
+
+    (line,) = [record.getMessage() for record in caplog.records if "names no" in record.message]
+    assert len(line) < 1_000
+    assert "(Host " + "%25" * LOGGED_HOST_BYTES + "...(+79900-bytes) names no" in line
 
 
 def test_wrong_credentials_from_loopback_are_admitted_with_a_warning(client, caplog):
