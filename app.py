@@ -229,6 +229,21 @@ STORE_ERROR_STATUS = {
 # --- request bodies --------------------------------------------------------------------------
 
 
+def refuse_encoded_body() -> None:
+    """Raise a 415 ApiError if the body is sent compressed (any Content-Encoding but identity).
+
+    A gzip body was refused as 'not valid UTF-8 (byte 1)', which sends its sender looking at
+    the wrong thing; and a plain body labelled 'br' was taken as plain, a guess.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip()
+    if encoding.lower() not in ("", "identity"):
+        raise ApiError(
+            f"Content-Encoding: {encoding[:40]!r} is not supported; send the body uncompressed",
+            415,
+            {"Accept-Encoding": "identity"},  # RFC 7694: what a 415 for an encoding may say
+        )
+
+
 def parse_json_body(raw: bytes) -> object:
     """Decode a request body as JSON, whatever its Content-Type; raise ApiError if it is not."""
     if not raw.strip():
@@ -808,6 +823,7 @@ def register_api(app: Flask) -> None:
 
     @app.post("/v1/backup-runs")
     def submit_run() -> Response:
+        refuse_encoded_body()
         data = parse_json_body(request.get_data(cache=False))
         run = current_app.extensions["validator"].clean(data)
         run["received_at"] = format_timestamp(now())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from datetime import UTC, datetime
@@ -314,6 +315,23 @@ def test_a_date_time_past_year_9999_in_utc_is_told_so(client):
     assert response.get_json() == {
         "error": "end_time: out of range once converted to UTC (years 1 to 9999 only)"
     }
+
+
+def test_a_compressed_body_is_refused_naming_content_encoding(client):
+    """A gzip body was refused as 'body: not valid UTF-8 (byte 1)', which sent its sender to
+    look for a wrong character; a plain body labelled 'br' was taken as plain."""
+    plain = json.dumps(make_run()).encode()
+
+    compressed = post(client, gzip.compress(plain), headers={"Content-Encoding": "gzip"})
+    mislabelled = post(client, plain, headers={"Content-Encoding": "br"})
+
+    assert compressed.status_code == mislabelled.status_code == 415
+    assert compressed.get_json() == {
+        "error": "Content-Encoding: 'gzip' is not supported; send the body uncompressed"
+    }
+    assert compressed.headers["Accept-Encoding"] == "identity"
+    assert client.get(f"{RUNS}/run-1").status_code == 404
+    assert post(client, plain, headers={"Content-Encoding": "Identity"}).status_code == 201
 
 
 def test_problems_are_listed_in_the_schemas_field_order(client):
