@@ -553,12 +553,15 @@ def _checked_credentials() -> str | None:
     header = request.headers.get("Authorization", "")
     if tokens:
         scheme, _, value = header.partition(" ")
+        # RFC 9110 puts one or more spaces between the scheme and the token: 'Bearer  tok'.
+        value = value.lstrip(" ")
         candidates = []
         if scheme.lower() == "bearer" and value:
             candidates.append(value)
         if "X-API-Key" in request.headers:
             candidates.append(request.headers["X-API-Key"])
-        # A token padded with spaces is not the token: no trimming here.
+        # A token with spaces after it, or in X-API-Key before it, is not the token: waitress
+        # already strips a header's own padding, so anything left was sent as part of it.
         if any(candidate and _matches(candidate, tokens) for candidate in candidates):
             return "token"
     if config["AUTH_USER"]:

@@ -48,6 +48,8 @@ def assert_401(response) -> None:
         pytest.param({"Authorization": "Bearer tok-alpha-5f1c"}, id="bearer-first"),
         pytest.param({"Authorization": "Bearer tok-beta-93ab"}, id="bearer-second"),
         pytest.param({"Authorization": "bearer tok-beta-93ab"}, id="bearer-lower-case"),
+        # RFC 9110: one or more spaces after the scheme, as Basic already took them.
+        pytest.param({"Authorization": "Bearer   tok-beta-93ab"}, id="bearer-spaces"),
         pytest.param({"X-API-Key": "tok-alpha-5f1c"}, id="x-api-key"),
         pytest.param(basic(USER, PASSWORD), id="basic"),
         pytest.param({"Authorization": "Basic bad", "X-API-Key": "tok-beta-93ab"}, id="key-wins"),
@@ -75,7 +77,8 @@ def test_credentials_admit_writes_and_deletes(client):
         pytest.param({"Authorization": "Bearer wrong-token"}, id="wrong-token"),
         pytest.param({"Authorization": "Bearer tok-alpha"}, id="token-prefix"),
         pytest.param({"Authorization": "Bearer tok-alpha-5f1cX"}, id="token-longer"),
-        pytest.param({"Authorization": "Bearer  tok-alpha-5f1c"}, id="token-padded"),
+        pytest.param({"Authorization": "Bearer tok-alpha-5f1c "}, id="token-padded"),
+        pytest.param({"X-API-Key": " tok-alpha-5f1c"}, id="key-padded"),
         pytest.param({"Authorization": "Bearer "}, id="empty-bearer"),
         pytest.param({"Authorization": "tok-alpha-5f1c"}, id="no-scheme"),
         pytest.param({"Authorization": "Token tok-alpha-5f1c"}, id="other-scheme"),
