@@ -301,7 +301,6 @@ def test_malformed_basic_auth_is_401(server, authorization):
 BAD_TOKENS = [
     pytest.param({"Authorization": "Bearer"}, id="bearer-empty"),
     pytest.param({"Authorization": "Bearer "}, id="bearer-space"),
-    pytest.param({"Authorization": f"Bearer  {TOKEN}"}, id="bearer-inner-padding"),
     pytest.param({"Authorization": f"Bearer {TOKEN}\u00a0".encode("latin-1")}, id="nbsp"),
     pytest.param({"Authorization": f"Bearer {TOKEN[:-1]}"}, id="prefix"),
     pytest.param({"Authorization": f"Bearer {TOKEN}x"}, id="suffix"),
@@ -335,10 +334,11 @@ def test_token_in_the_query_string_is_not_accepted(server):
     [
         {"Authorization": f"Bearer {TOKEN}"},
         {"Authorization": f"bearer {OTHER_TOKEN}"},
+        {"Authorization": f"Bearer  {TOKEN}"},  # RFC 9110: one or more spaces
         {"X-API-Key": TOKEN},
         {"Authorization": basic(f"{USER}:{PASSWORD}")},
     ],
-    ids=["bearer", "bearer-lower-case", "api-key", "basic"],
+    ids=["bearer", "bearer-lower-case", "bearer-two-spaces", "api-key", "basic"],
 )
 def test_valid_credentials_still_work(server, headers):
     """The control for the 401s above: the same server admits the right credentials."""
@@ -348,11 +348,15 @@ def test_valid_credentials_still_work(server, headers):
 @pytest.mark.parametrize("value", [f" {TOKEN}", f"{TOKEN} ", f"\t{TOKEN}", f" {TOKEN} "])
 def test_token_padded_with_whitespace_is_not_the_token(make_client, value):
     """The app compares exactly. (On the wire, HTTP strips spaces around a header value before
-    any application sees it, RFC 9110 section 5.5; padding inside the value is tested above.)"""
+    any application sees it, RFC 9110 section 5.5; padding inside the value is tested above.)
+    Only spaces between 'Bearer' and the token are no padding: RFC 9110 allows several."""
     client = make_client(API_TOKENS=TOKEN, LOCALHOST_BYPASS="0")
+    bearer_status = 200 if value == f" {TOKEN}" else 401
 
     assert client.get(RUNS, headers={"X-API-Key": value}).status_code == 401
-    assert client.get(RUNS, headers={"Authorization": f"Bearer {value}"}).status_code == 401
+    assert (
+        client.get(RUNS, headers={"Authorization": f"Bearer {value}"}).status_code == bearer_status
+    )
     assert client.get(RUNS, headers={"X-API-Key": TOKEN}).status_code == 200
 
 
