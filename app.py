@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
 
 import jsonschema
 from flask import Flask, Response, current_app, g, request
@@ -723,6 +723,14 @@ def register_hooks(app: Flask) -> None:
             request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except UnicodeError:
             return error_response("path: not valid UTF-8 once percent-decoded", 400)
+        # The same for the query: ?job_name=%FF was read as U+FFFD and matched nothing, a
+        # 200 with an empty list for what is no name at all.
+        query = request.environ.get("QUERY_STRING", "")
+        if "%" in query or not query.isascii():  # else plain ASCII, which is UTF-8
+            try:
+                unquote_to_bytes(query.encode("latin-1", "replace")).decode("utf-8")
+            except UnicodeError:
+                return error_response("query: not valid UTF-8 once percent-decoded", 400)
         return None
 
     @app.before_request

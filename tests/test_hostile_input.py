@@ -440,6 +440,16 @@ def test_a_path_whose_percent_encoding_is_not_utf8_is_refused(bypass_server, enc
         replaced.unlink()
 
 
+@pytest.mark.parametrize("query", [b"job_name=%FF", b"q=a%E9b", b"status=failure&x=%C3", b"q=\xe9"])
+def test_a_query_that_is_not_utf8_is_refused(bypass_server, query):
+    """Werkzeug read ?job_name=%FF as U+FFFD: a 200 with an empty list for no name at all."""
+    status, body = raw_request(bypass_server, get(RUNS.encode() + b"?" + query))
+
+    assert status == 400, body
+    assert json.loads(body) == {"error": "query: not valid UTF-8 once percent-decoded"}
+    assert raw_request(bypass_server, get(RUNS.encode() + b"?q=%C3%A9+x%25"))[0] == 200
+
+
 def test_only_a_loopback_host_name_keeps_the_bypass(bypass_server, server):
     """Host cannot turn the bypass on; a name other than loopback's turns it off (a page
     rebound to 127.0.0.1 sends its own name)."""
