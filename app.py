@@ -57,7 +57,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 # Headers a reverse proxy adds. A loopback peer that sends one is a proxy on this host relaying
 # someone else, so it gets no localhost bypass.
-PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+# Via: RFC 9110 has every proxy add it, forward proxies (squid, tinyproxy) included, which
+# need not add the other three.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via")
 
 log = logging.getLogger("backup_registry")
 access_log = logging.getLogger("backup_registry.access")
@@ -493,6 +495,19 @@ def _names_loopback(host: str | None) -> bool:
     return _is_loopback(name)
 
 
+def _requested_host() -> str | None:
+    """Return the host the request names: its target's authority if it has one, else Host.
+
+    RFC 9112 has a server read an absolute-form target ('GET http://evil.example/ HTTP/1.1',
+    as sent to a proxy) by its own authority, ignoring Host. waitress routes it by its path
+    and passes Host on, so 'Host: localhost' could have vouched for another name.
+    """
+    target = request.environ.get("REQUEST_URI", "")
+    if not target.startswith("/") and "://" in target:
+        return target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    return request.headers.get("Host")
+
+
 def _matches(candidate: str, secrets: tuple[str, ...]) -> bool:
     """Compare candidate with every secret in constant time; no early exit leaks which matched."""
     given = candidate.encode("utf-8", "surrogateescape")
@@ -523,7 +538,7 @@ def authenticate() -> str | None:
         and not any(name in request.headers for name in PROXY_HEADERS)
     )
     # For the refusal's log line: a local request refused only for its Host is a puzzle.
-    g.host_not_loopback = local and not _names_loopback(request.headers.get("Host"))
+    g.host_not_loopback = local and not _names_loopback(_requested_host())
     if local and not g.host_not_loopback:
         # Admitted, as the original admitted every local request; but an agent tested on
         # this host with a wrong token would pass here and fail from its own: say so.
@@ -706,9 +721,9 @@ def loggable_path() -> str:
 
 
 def loggable_host() -> str:
-    """Return the request's Host header percent-encoded and cut short, for a log line."""
+    """Return the host the request names percent-encoded and cut short, for a log line."""
     # Cut short as the path is: an 80 KB Host wrote 240 KB to the log for each refusal.
-    return _logged_bytes(request.headers.get("Host", ""), LOGGED_HOST_BYTES, safe=":[]")
+    return _logged_bytes(_requested_host() or "", LOGGED_HOST_BYTES, safe=":[]")
 
 
 def register_hooks(app: Flask) -> None:

@@ -407,8 +407,9 @@ def bypass_server(tmp_path_factory):
         b"x-forwarded-for: ::1",
         b"Forwarded: for=127.0.0.1",
         b"X-Real-IP: 127.0.0.1",
+        b"Via: 1.1 squid",  # a forward proxy need add no other
     ],
-    ids=["x-forwarded-for", "lower-case", "forwarded", "x-real-ip"],
+    ids=["x-forwarded-for", "lower-case", "forwarded", "x-real-ip", "via"],
 )
 def test_loopback_peer_with_a_proxy_header_gets_no_bypass(bypass_server, header):
     """A proxy on this host relays strangers from loopback; its headers end the bypass."""
@@ -448,6 +449,17 @@ def test_a_query_that_is_not_utf8_is_refused(bypass_server, query):
     assert status == 400, body
     assert json.loads(body) == {"error": "query: not valid UTF-8 once percent-decoded"}
     assert raw_request(bypass_server, get(RUNS.encode() + b"?q=%C3%A9+x%25"))[0] == 200
+
+
+def test_an_absolute_target_is_judged_by_its_own_host_not_the_host_header(bypass_server):
+    """RFC 9112: an absolute-form target's authority, not Host, names the host asked for.
+    waitress serves its path and passes 'Host: localhost' on, which vouched for any name."""
+    elsewhere = get(b"http://evil.example" + RUNS.encode() + b"?limit=1")
+    here = get(f"http://localhost:{bypass_server.port}{RUNS}?limit=1".encode())
+
+    assert raw_request(bypass_server, elsewhere)[0] == 401
+    assert raw_request(bypass_server, here)[0] == 200
+    assert "(Host evil.example names no loopback" in bypass_server.log()
 
 
 def test_only_a_loopback_host_name_keeps_the_bypass(bypass_server, server):
