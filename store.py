@@ -1024,6 +1024,35 @@ class RunStore:
                 f"body: the run would take {len(data)} bytes on disk, and a run file holds at "
                 f"most {MAX_RUN_FILE_BYTES}"
             )
+        # Two tries: `rsync -a --delete` from a copy without our dot-files, or a clean-up job,
+        # can remove the temp file between its write and its rename. The folder still there,
+        # that is no reason to fail a report whose bytes we hold: it is written again, once.
+        for tries_left in (1, 0):
+            try:
+                ours = self._write_and_rename(data, name, summary)
+                break
+            except FileNotFoundError as exc:
+                if not os.path.isdir(self._path):
+                    raise _store_error(exc, "write run") from exc
+                if not tries_left:
+                    raise StoreUnavailable(
+                        "cannot write run: its temp file in the store folder was removed "
+                        "before its rename, twice (by rsync --delete or a clean-up job?)"
+                    ) from None
+                log.warning("temp file for %s removed from outside; writing it again", name)
+        if not ours:
+            self.follow(name, run_id)  # index what the file holds now
+        self._sync_directory()
+        return run
+
+    def _write_and_rename(self, data: bytes, name: str, summary: RunSummary) -> bool:
+        """Write data to a new temp file, fsync it, rename it to name, and index summary.
+
+        Return whether the file still held our bytes just after the rename. Raise StoreError,
+        or FileNotFoundError as it came, for save() to tell a missing folder from a temp file
+        removed from outside.
+        """
+        run_id = summary.run_id
         final = os.path.join(self._path, name)
         # A per-store token and a counter: unique without a random read on every write.
         temp_name = f"{TEMP_PREFIX}{self._temp_token}-{next(self._temp_numbers)}{TEMP_SUFFIX}"
@@ -1064,13 +1093,13 @@ class RunStore:
                 f"run_id: its file {name} in the store is a folder, not a run; "
                 "move the folder away to post this run"
             ) from None
+        except FileNotFoundError:
+            _unlink_quietly(temp)
+            raise
         except OSError as exc:
             _unlink_quietly(temp)
             raise _store_error(exc, "write run") from exc
-        if not ours:
-            self.follow(name, run_id)  # index what the file holds now
-        self._sync_directory()
-        return run
+        return ours
 
     def delete(self, run_id: str) -> bool:
         """Remove a run; return whether it was there. Deleting a missing run is not an error."""

@@ -346,6 +346,52 @@ def test_io_error_before_the_rename_answers_503_and_keeps_the_old_record(
     assert stored(io_faulty)["status"] == "failure"
 
 
+def remove_temp_files_after_their_fsync(disk: Disk, times: int) -> None:
+    """Remove the next `times` temp files just after their fsync, for real, as `rsync -a
+    --delete` from a copy without our dot-files did to in-flight POSTs."""
+    real_fsync = store_module.os.fsync
+    removed = []
+
+    def fsync(fd):
+        real_fsync(fd)
+        if len(removed) < times and not stat.S_ISDIR(os.fstat(fd).st_mode):
+            (name,) = temp_files(disk)
+            os.unlink(disk.store / name)
+            removed.append(name)
+
+    disk.monkeypatch.setattr(store_module.os, "fsync", fsync)
+
+
+def test_a_temp_file_removed_from_outside_is_written_again(io_disk, io_faulty, caplog):
+    """A POST failed with 503 'the store folder is missing' while the folder was there."""
+    caplog.set_level(logging.INFO)
+    remove_temp_files_after_their_fsync(io_disk, times=1)
+
+    response = io_faulty.post(RUNS, json=make_run(status="failure"))
+
+    assert response.status_code == 201
+    assert json.loads((io_disk.store / "run-1.json").read_bytes()) == response.json
+    assert io_faulty.get(RUNS).json == [response.json]
+    assert "temp file for run-1.json removed from outside; writing it again" in caplog.text
+
+
+def test_a_temp_file_removed_twice_is_a_503_that_says_so(io_disk, io_faulty, caplog):
+    caplog.set_level(logging.INFO)
+    io_faulty.post(RUNS, json=make_run(status="success"))
+    remove_temp_files_after_their_fsync(io_disk, times=2)
+
+    response = io_faulty.post(RUNS, json=make_run(status="failure"))
+
+    assert_clean_error(response, 503, caplog)
+    assert response.json["error"] == (
+        "cannot write run: its temp file in the store folder was removed before its rename, "
+        "twice (by rsync --delete or a clean-up job?)"
+    )
+    assert stored(io_faulty)["status"] == "success"
+    assert temp_files(io_disk) == []
+    assert io_faulty.post(RUNS, json=make_run(status="failure")).status_code == 201
+
+
 def test_folder_fsync_error_answers_503_and_does_not_stick(io_disk, io_faulty, caplog):
     """A failed folder fsync fails its write; the next writes succeed without a restart.
 
