@@ -123,6 +123,20 @@ class IndexFollowsFolder(RuleBasedStateMachine):
     def outside_corrupt(self, run_id):
         (self.folder / file_name_for(run_id)).write_text('{"run_id": "half-writ')
 
+    @rule(edit_while_away=st.booleans())
+    def outside_move_the_folder_away_and_back(self, edit_while_away):
+        """mv store elsewhere and back (a disk unmounted and remounted, a restore undone)."""
+        away = self.folder.with_name("away")
+        os.rename(self.folder, away)
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while len(self.store) and time.monotonic() < deadline:  # until the watcher forgets
+            time.sleep(0.01)
+        files = sorted(away.glob("*.json"))
+        if edit_while_away and files:
+            run = run_record(files[0].stem, "away", "failure", self._next_micros(), 1)
+            files[0].write_text(json.dumps(run))
+        os.rename(away, self.folder)
+
     @invariant()
     def index_agrees_with_a_full_rescan(self):
         wait_until_index_matches_folder(self.store, self.folder)
@@ -159,6 +173,95 @@ def test_rescan_rereads_only_files_whose_stat_changed(store_dir, monkeypatch):
     assert reads == ["r2.json"]
     assert "r1" not in store
     assert [s.status for s in store.summaries() if s.run_id == "r2"] == ["failure"]
+
+
+def aged_store(folder: Path, runs: list[dict]) -> RunStore:
+    """A store without a watcher holding runs whose files are past the "racy" window."""
+    store = RunStore(folder, watch=False)
+    for run in runs:
+        store.save(run)
+    an_hour_ago = time.time() - 3600
+    for path in folder.glob("*.json"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    store.rescan()  # their signatures, now old enough to trust
+    return store
+
+
+def test_a_folder_back_after_it_went_is_not_read_again_where_unchanged(store_dir, monkeypatch):
+    """Moved away and back, 50,000 runs were all read again, one by one: 9 s of listings that
+    counted up from 0 with a 200. Files whose stat is unchanged are now taken back as they
+    were, and the runs are sorted in one go: the order and every posting list come out whole."""
+    runs = [run_record(f"r{n}", ("db", "files")[n % 2], "success", n, n) for n in range(6)]
+    store = aged_store(store_dir, runs)
+    store.build_postings()
+    store.forget_all()  # what the watcher does when the folder goes
+    edited = run_record("r2", "db", "failure", 9, 5)
+    (store_dir / "r2.json").write_text(json.dumps(edited))
+    reads = []
+    real_read = store._read_summary
+    monkeypatch.setattr(
+        store, "_read_summary", lambda name, run_id: reads.append(name) or real_read(name, run_id)
+    )
+
+    store.rescan()  # what it does when the folder is back
+
+    assert reads == ["r2.json"]
+    assert index_view(store) == index_view(RunStore(store_dir, watch=False))
+    failed = store.list_runs(RunQuery(statuses=("failure",)))
+    files = store.list_runs(RunQuery(job_name="files"))
+    assert [run["run_id"] for run in failed.runs] == ["r2"]
+    assert [run["run_id"] for run in files.runs] == ["r5", "r3", "r1"]
+    store.save(run_record("r9", "files", "failure", 10, 1))  # the order takes writes again
+    assert [run["run_id"] for run in store.list_runs(RunQuery(statuses=("failure",))).runs] == [
+        "r9",
+        "r2",
+    ]
+
+
+def test_listings_answer_503_while_a_folder_back_is_being_read(store_dir, monkeypatch):
+    """Until every file of the folder that came back is checked, the index holds some runs
+    and not others: a 200 then would count them up from nothing, and /metrics show jobs as
+    never run. It refuses instead, and answers in full once the folder is read."""
+    runs = [run_record(f"r{n}", "db", "success", n, n) for n in range(3)]
+    aged_store(store_dir, runs).close()
+    store = RunStore(store_dir)  # watched
+    reading, release = threading.Event(), threading.Event()
+    real_read = store._read_summary
+
+    def read_slowly(name, run_id):
+        if name == "r1.json":  # the file changed while away: the one read
+            reading.set()
+            assert release.wait(10), "the test never let the read finish"
+        return real_read(name, run_id)
+
+    monkeypatch.setattr(store, "_read_summary", read_slowly)
+    try:
+        away = store_dir.with_name("away")
+        os.rename(store_dir, away)
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while len(store):  # the watcher saw it go (had it come back first, nothing is lost)
+            assert time.monotonic() < deadline, "the watcher never saw the folder go"
+            time.sleep(0.01)
+        (away / "r1.json").write_text(json.dumps(run_record("r1", "db", "failure", 1, 1)))
+        os.rename(away, store_dir)
+        assert reading.wait(10), "the watcher never read the folder back"
+
+        with pytest.raises(store_module.StoreUnavailable, match="back and being read again"):
+            store.list_runs(RunQuery())
+        release.set()
+
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while True:
+            try:
+                page = store.list_runs(RunQuery())
+                break
+            except store_module.StoreUnavailable:
+                assert time.monotonic() < deadline, "still refusing after the read"
+                time.sleep(0.01)
+        assert [run["status"] for run in page.runs] == ["success", "failure", "success"]
+    finally:
+        release.set()
+        store.close()
 
 
 # --- listings: every filter against a plain filter over all runs -----------------------------
