@@ -1730,7 +1730,9 @@ class RunStore:
     def save_snapshot(self) -> bool:
         """Write the index snapshot if the index changed since the last one; return whether."""
         with self._lock:
-            if self._version == self._snapshot.version:
+            # Mid-reload the order is empty until the end (see rescan): a snapshot then would
+            # hold no runs, and a crash before the next one cost a start that reads them all.
+            if self._version == self._snapshot.version or self._reloading:
                 return False
             version = self._version
             runs = self._runs.copy()
