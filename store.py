@@ -171,13 +171,15 @@ class TimestampOutOfRange(ValueError):
 
 
 # An ISO 8601 date (calendar or week, extended or basic), then optionally a time after 'T' or a
-# space (RFC 3339 allows both), and an offset in hours and minutes. Python 3.11's fromisoformat
-# alone also takes any character between date and time ('2026-05-12702:00:00'), a fraction with
-# no digits ('02:00:00.Z') and an offset with seconds, which no scheduler or `date` writes.
+# space (RFC 3339 allows both), and an offset in hours and minutes, which may follow a space as
+# git's %ci, Ruby's Time#to_s and `date '+%F %T %z'` write it (ISO 8601 has no space there, but
+# Python's parser took it, so agents may send it). Python 3.11's fromisoformat alone also takes
+# any character between date and time ('2026-05-12702:00:00'), a fraction with no digits
+# ('02:00:00.Z') and an offset with seconds, which no scheduler or `date` writes.
 _ISO_8601 = re.compile(
     r"(?:\d{4}-(?:\d{2}-\d{2}|W\d{2}-\d)|\d{4}(?:\d{4}|W\d{3}))"
     r"(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?|\d{2}(?:\d{2}(?:[.,]\d+)?)?)?"
-    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?)?",
+    r"(?: ?(?:Z|[+-]\d{2}(?::?\d{2})?))?)?",
     re.ASCII,
 )
 

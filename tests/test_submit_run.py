@@ -277,6 +277,8 @@ def test_a_broken_field_is_told_why_in_words(client, field, value, error):
         "20260512T020000Z",  # ISO 8601's basic format
         "2026-W20-2T02:00",  # a week date
         "2026-05-12T02:00:00,5+0000",  # a decimal comma, an offset without its colon
+        "2026-05-12 04:00:00 +0200",  # git's %ci, Ruby's Time#to_s: a space before the offset
+        "2026-05-12T02:00:00 Z",
     ],
 )
 def test_iso_8601_date_times_that_tools_write_are_accepted(client, start_time):
@@ -294,7 +296,7 @@ def test_iso_8601_date_times_that_tools_write_are_accepted(client, start_time):
         "2026-05-12\u00e902:00:00",
         "2026-05-12T02:00:00.Z",  # a decimal point and no digits
         "2026-05-12T02:00:00+00:00:30",  # an offset with seconds
-        "2026-05-12T02:00:00 Z",
+        "2026-05-12T02:00:00  Z",  # one space before an offset is taken, not two
         "\uff12\uff10\uff12\uff16-05-12T02:00:00",  # full-width digits
     ],
 )
