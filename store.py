@@ -1266,6 +1266,9 @@ class RunStore:
         self._refuse_if_behind()
         for _ in range(3):
             with self._lock:
+                # Again, under the lock: a reload may have begun since the look above, and
+                # _select would build posting lists from its empty order.
+                self._refuse_if_reloading()
                 keys, total = self._select(query)
                 summaries = [self._runs[key[1]] for key in keys[: query.limit]]
             raws = [self._cached_raw(summary) for summary in summaries]
@@ -1301,10 +1304,7 @@ class RunStore:
                 f"{self._unlistable}, so changes to it cannot be seen: answers resume once it "
                 "can be listed"
             )
-        if self._reloading:
-            raise StoreUnavailable(
-                "the store folder is back and being read again: answers resume once it is"
-            )
+        self._refuse_if_reloading()
         if not self._failing:
             return
         # Only a run the index serves can be shown as it no longer is. A file it never held
@@ -1314,6 +1314,13 @@ class RunStore:
             raise StoreUnavailable(
                 f"cannot follow changes to the store folder ({len(stale)} run file(s); "
                 "the log says why): answers resume once they can be read"
+            )
+
+    def _refuse_if_reloading(self) -> None:
+        """Raise StoreUnavailable while a folder that came back is being read (see rescan)."""
+        if self._reloading:
+            raise StoreUnavailable(
+                "the store folder is back and being read again: answers resume once it is"
             )
 
     def _cached_raw(self, summary: RunSummary) -> bytes | None:
@@ -1385,6 +1392,7 @@ class RunStore:
     def job_runs(self, job: tuple[str, str]) -> list[RunSummary]:
         """Return the summaries of one job's runs, in no particular order."""
         with self._lock:
+            self._refuse_if_reloading()  # the dashboard's job page would show part of them
             return list(self._jobs.get(job, {}).values())
 
     def summaries(self) -> list[RunSummary]:
@@ -1495,7 +1503,10 @@ class RunStore:
     # --- keeping the index true to the folder ---
 
     def _put(self, summary: RunSummary) -> None:
-        """Add or replace a summary in every index structure. Caller holds the lock."""
+        """Add or replace a summary in every index structure. Caller holds the lock.
+
+        While a folder that came back is read, the order is left alone: rescan sorts it then.
+        """
         self._remove(summary.run_id)
         self._runs[summary.run_id] = summary
         if not self._reloading:  # else the order is sorted once when the reload ends
@@ -1590,7 +1601,11 @@ class RunStore:
                     self._postings[field] = postings
 
     def forget_all(self) -> None:
-        """Drop every run from the index: for a folder that is gone from the store's path."""
+        """Drop every run from the index: for a folder that is gone from the store's path.
+
+        The runs are kept aside, so that a rescan of the folder back takes each unchanged
+        file back without reading it.
+        """
         with self._lock:
             self._forgotten.update(self._runs)
             for run_id in list(self._runs):
@@ -1648,6 +1663,10 @@ class RunStore:
             if reloading:
                 with self._lock:
                     self._order = _presorted(sorted(s.key for s in self._runs.values()))
+                    # Any posting list built meanwhile came from the empty order: dropped, and
+                    # the version moved on so that a build still under way is dropped too.
+                    self._postings = {}
+                    self._version += 1
                     self._reloading = False
                 threading.Thread(target=self._build_postings, daemon=True).start()
 
@@ -1836,11 +1855,18 @@ class RunStore:
             remembered = self._forgotten.pop(run_id, None)
             if remembered is not None and remembered.signature == before:
                 # Its folder went and came back with this file unchanged: no need to read it.
-                # Should it change after our lstat, its event has it read as any change is.
+                # Looked at again under the id's lock, as a read file is below: a DELETE
+                # since our lstat must not see its run put back.
                 with self._id_lock(run_id), self._lock:
-                    if run_id not in self._runs:
-                        self._put(remembered)
-                return
+                    try:
+                        now = _file_signature(os.lstat(path))
+                    except FileNotFoundError:
+                        return
+                    if now == before:
+                        if run_id not in self._runs:  # else a save filed it meanwhile
+                            self._put(remembered)
+                        return
+                # Changed since: read it below, as any changed file is.
         read_started = time.time_ns()
         # The same file we already warned about is not read again, only dropped.
         warned = self._warned.get(name) == before and not written_in_place

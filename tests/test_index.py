@@ -218,6 +218,82 @@ def test_a_folder_back_after_it_went_is_not_read_again_where_unchanged(store_dir
     ]
 
 
+def rescan_paused_at(store: RunStore, monkeypatch, name: str):
+    """Start store.rescan() in a thread that pauses when it reads name; return (thread,
+    paused, release): paused is set once it waits, and it goes on once release is set."""
+    paused, release = threading.Event(), threading.Event()
+    real_read = store._read_summary
+
+    def read(file_name, run_id):
+        if file_name == name:
+            paused.set()
+            assert release.wait(10), "the test never let the read finish"
+        return real_read(file_name, run_id)
+
+    monkeypatch.setattr(store, "_read_summary", read)
+    thread = threading.Thread(target=store.rescan)
+    thread.start()
+    assert paused.wait(10), f"the rescan never read {name}"
+    return thread, release
+
+
+def test_posting_lists_built_while_a_folder_back_is_read_are_not_kept(store_dir, monkeypatch):
+    """A posting list built mid-reload came from its empty order: kept, ?job_name=db listed
+    only the runs filed after it, until a restart. (A reviewer's finding.)"""
+    runs = [run_record(f"r{n}", ("db", "files")[n % 2], "success", n, n) for n in range(6)]
+    store = aged_store(store_dir, runs)
+    store.forget_all()
+    changed = run_record("r3", "files", "failure", 3, 7)
+    (store_dir / "r3.json").write_text(json.dumps(changed))
+    thread, release = rescan_paused_at(store, monkeypatch, "r3.json")
+
+    with pytest.raises(store_module.StoreUnavailable):  # under the lock too, not only before
+        store.list_runs(RunQuery(job_name="db"))
+    store.build_postings()  # as the builder thread of a start, or of an earlier reload, may
+    release.set()
+    thread.join(10)
+
+    fresh = RunStore(store_dir, watch=False)
+    for query in (RunQuery(job_name="db"), RunQuery(statuses=("failure",)), RunQuery()):
+        assert store.list_runs(query).runs == fresh.list_runs(query).runs
+
+
+def test_a_run_deleted_while_its_folder_is_read_back_stays_deleted(store_dir, monkeypatch):
+    """A DELETE between the look at an unchanged file and its being taken back put the run
+    back with no file behind it. (A reviewer's finding.)"""
+    store = aged_store(store_dir, [run_record(f"r{n}", "db", "success", n, n) for n in range(3)])
+    store.forget_all()
+
+    class DeletedWhileTakenBack(dict):
+        def pop(self, run_id, *default):
+            if run_id == "r1":
+                store.delete("r1")
+            return super().pop(run_id, *default)
+
+    store._forgotten = DeletedWhileTakenBack(store._forgotten)
+    store.rescan()
+
+    assert "r1" not in store
+    assert [s.run_id for s in store.job_runs(("db", "host"))] != []
+    assert "r1" not in {s.run_id for s in store.job_runs(("db", "host"))}
+
+
+def test_a_rescan_after_a_folder_was_read_back_is_an_ordinary_one(store_dir, monkeypatch):
+    """What was not taken back (a file removed while the folder was away) must not make every
+    later rescan a reload: 503s and a full sort each second in polling mode."""
+    store = aged_store(store_dir, [run_record(f"r{n}", "db", "success", n, n) for n in range(3)])
+    store.forget_all()
+    (store_dir / "r0.json").unlink()
+    store.rescan()
+    (store_dir / "r5.json").write_text(json.dumps(run_record("r5", "db", "failure", 5, 9)))
+    thread, release = rescan_paused_at(store, monkeypatch, "r5.json")  # a new file, read
+    try:
+        assert [run["run_id"] for run in store.list_runs(RunQuery()).runs] == ["r2", "r1"]
+    finally:
+        release.set()
+        thread.join(10)
+
+
 def test_listings_answer_503_while_a_folder_back_is_being_read(store_dir, monkeypatch):
     """Until every file of the folder that came back is checked, the index holds some runs
     and not others: a 200 then would count them up from nothing, and /metrics show jobs as
@@ -248,6 +324,8 @@ def test_listings_answer_503_while_a_folder_back_is_being_read(store_dir, monkey
 
         with pytest.raises(store_module.StoreUnavailable, match="back and being read again"):
             store.list_runs(RunQuery())
+        with pytest.raises(store_module.StoreUnavailable):
+            store.job_runs(("db", "host"))  # the dashboard's job page
         assert store.save_snapshot() is False  # it would hold none of the runs
         release.set()
 
