@@ -342,6 +342,27 @@ def test_a_text_direction_control_in_stored_text_reorders_only_that_text(
     assert code["x"] < words  # "Run (id) was deleted.", left to right
 
 
+def test_a_direction_control_in_a_stored_link_leaves_the_note_after_it_alone(
+    live_server_factory, page: Page, tmp_path: Path
+):
+    """A backup_url that is no http link shows with a note; U+202E in the stored text turned
+    the note itself around: "(knil sptth ro ptth na ton)". (A helper's finding.)"""
+    write_runs(tmp_path / "store", [make_run("ftp", backup_url="ftp://host/\u202eevil-path")])
+    server = live_server_factory(store_dir=tmp_path / "store")
+
+    page.goto(server.url + "/run/ftp")
+    note = page.locator("span.muted", has_text="not an http or https link")
+    first_x, last_x = note.evaluate(
+        """(span) => {
+            const text = span.firstChild, range = document.createRange();
+            const x = (at) => (range.setStart(text, at), range.setEnd(text, at + 1),
+                               range.getBoundingClientRect().x);
+            return [x(0), x(text.length - 1)];
+        }"""
+    )
+    assert first_x < last_x  # "(" left of ")": the note reads left to right
+
+
 def test_the_longest_names_allowed_do_not_widen_the_pages(live_server_factory, page: Page):
     """200 characters without a space, the most a name may hold, wrap instead of scrolling."""
     server = live_server_factory()
