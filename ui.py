@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -325,6 +326,9 @@ def _store() -> RunStore:
 # --- the overview ----------------------------------------------------------------------------
 
 
+_CALENDAR_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)  # what <input type=date> shows
+
+
 @dataclass
 class OverviewFilters:
     """What the overview's filter form asks for; problems lists the values it had to ignore."""
@@ -339,6 +343,16 @@ class OverviewFilters:
     since_text: str = ""
     until_text: str = ""
     problems: list[str] = field(default_factory=list)
+
+    def input_type(self, name: str) -> str:
+        """Return the type of the form's field for since or until: 'date' for a calendar date
+        (or none), 'text' for any other form, which a date picker could not show.
+
+        A week date (2026-W48-1) went into a date picker, which showed it empty and sent it
+        back empty at the next change of a menu: the filter was dropped without a word.
+        """
+        text = getattr(self, f"{name}_text")
+        return "date" if not text or _CALENDAR_DATE.fullmatch(text) else "text"
 
     @property
     def active(self) -> bool:
