@@ -143,6 +143,23 @@ def test_overview_loads_and_filters(live_server_factory, page: Page):
     expect(rows).to_have_count(1)
 
 
+def test_filter_menus_show_the_address_s_filters_after_back(live_server_factory, page: Page):
+    """Chromium restored the menus' last choices on Back: the list was unfiltered while the
+    Status menu still read "Failed", and choosing it again did nothing. (A helper's finding.)"""
+    server = live_server_factory()
+    post_runs(server, [make_run("ok-1"), make_run("bad-1", job_name="mail", status="failure")])
+    page.goto(server.url + "/")
+    status = page.locator("select[name=status]")
+
+    status.select_option("failure")
+    expect(page).to_have_url(re.compile(r"status=failure"))
+    page.go_back()
+
+    expect(page).to_have_url(server.url + "/")
+    expect(status).to_have_value("")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(2)
+
+
 def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, browser):
     # Behind Basic auth with the localhost bypass off, as an operator on the LAN would be.
     auth = ("operator", "s3cret pass")
