@@ -1,4 +1,5 @@
-// The dashboard's only script: delete a run after a confirmation, and submit filter menus on change.
+// The dashboard's only script: delete a run after a confirmation, and submit filter menus on change
+// (at once when chosen with the pointer; on Enter when changed with the keyboard).
 // Served from 'self' so the Content-Security-Policy needs no inline script.
 "use strict";
 
@@ -40,6 +41,23 @@ document.addEventListener("DOMContentLoaded", () => {
     button.addEventListener("click", () => deleteRun(button));
   }
   for (const select of document.querySelectorAll("select[data-autosubmit]")) {
-    select.addEventListener("change", () => select.form.requestSubmit());
+    // A choice made with the pointer is sent at once. Arrow keys change a closed menu's value
+    // step by step: sending each step reloaded the page, so a keyboard user could never pass
+    // the first option. Such a change waits for Enter (or the Filter button).
+    let byKeyboard = false;
+    select.addEventListener("pointerdown", () => { byKeyboard = false; });
+    select.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        select.form.requestSubmit();
+      } else {
+        byKeyboard = true;
+      }
+    });
+    select.addEventListener("change", () => {
+      if (!byKeyboard) {
+        select.form.requestSubmit();
+      }
+    });
   }
 });

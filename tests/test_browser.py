@@ -160,6 +160,26 @@ def test_filter_menus_show_the_address_s_filters_after_back(live_server_factory,
     expect(page.locator("table.jobs tbody tr")).to_have_count(2)
 
 
+def test_a_filter_menu_changed_with_the_keyboard_waits_for_enter(live_server_factory, page: Page):
+    """Each arrow key sent the form and the page reloaded with focus at its top, so a keyboard
+    user could not step past the first option. (A helper's finding.)"""
+    server = live_server_factory()
+    post_runs(server, [make_run("ok-1"), make_run("bad-1", job_name="mail", status="failure")])
+    page.goto(server.url + "/")
+    status = page.locator("select[name=status]")
+
+    status.focus()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(300)  # time enough for a submission to have begun
+    expect(page).to_have_url(server.url + "/")
+    chosen = status.input_value()
+    assert chosen != ""
+    page.keyboard.press("Enter")
+
+    expect(page).to_have_url(re.compile("status=" + re.escape(chosen).replace(",", "%2C")))
+
+
 def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, browser):
     # Behind Basic auth with the localhost bypass off, as an operator on the LAN would be.
     auth = ("operator", "s3cret pass")
