@@ -39,6 +39,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const button = document.getElementById("delete-run");
   if (button) {
     button.addEventListener("click", () => deleteRun(button));
+    button.hidden = false; // hidden in the HTML: without this script it could do nothing
+    document.getElementById("delete-without-script").hidden = true;
   }
   for (const select of document.querySelectorAll("select[data-autosubmit]")) {
     // A choice made with the pointer is sent at once. Arrow keys change a closed menu's value

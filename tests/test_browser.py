@@ -180,6 +180,24 @@ def test_a_filter_menu_changed_with_the_keyboard_waits_for_enter(live_server_fac
     expect(page).to_have_url(re.compile("status=" + re.escape(chosen).replace(",", "%2C")))
 
 
+def test_without_javascript_the_run_page_says_how_to_delete(live_server_factory, browser):
+    """The Delete button did nothing without JavaScript, and said nothing. (A helper's finding.)"""
+    server = live_server_factory()
+    post_runs(server, [make_run("r1")])
+    page, _ = open_page(browser, java_script_enabled=False)
+    try:
+        page.goto(server.url + "/run/r1")
+        expect(page.get_by_role("button", name="Delete run…")).to_be_hidden()
+        expect(page.locator(".danger-zone")).to_contain_text("DELETE /v1/backup-runs/r1")
+        js_page, _ = open_page(browser)
+        js_page.goto(server.url + "/run/r1")
+        expect(js_page.get_by_role("button", name="Delete run…")).to_be_visible()
+        expect(js_page.locator("#delete-without-script")).to_be_hidden()
+        js_page.context.close()
+    finally:
+        page.context.close()
+
+
 def test_open_a_run_and_delete_it_through_the_confirmation(live_server_factory, browser):
     # Behind Basic auth with the localhost bypass off, as an operator on the LAN would be.
     auth = ("operator", "s3cret pass")
