@@ -429,6 +429,24 @@ def test_the_longest_names_allowed_do_not_widen_the_pages(live_server_factory, p
         assert width <= 1280, f"{path} is {width} px wide"
 
 
+def test_the_overview_sorts_on_a_small_phone(live_server_factory, page: Page):
+    """At 375 px the header row was hidden: a touch screen could not sort, and its links took
+    keyboard focus unseen. (A helper's finding.)"""
+    server = live_server_factory()
+    post_runs(server, [make_run("a-1", job_name="alpha"), make_run("z-1", job_name="zulu")])
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.goto(server.url + "/")
+    job = page.get_by_role("link", name="Job", exact=True)
+
+    expect(job).to_be_visible()
+    assert job.bounding_box()["width"] > 10  # not clipped to a pixel
+    job.click()
+
+    expect(page).to_have_url(re.compile(r"sort=job"))
+    expect(page.locator("table.jobs tbody tr").first).to_contain_text("alpha")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
 def test_nothing_sticks_out_sideways_on_a_small_phone(live_server_factory, browser, tmp_path):
     """At 375 px (an iPhone SE, a small Android) the relative ages and /docs's parameter
     tables ran past the right edge, so every page scrolled sideways."""
