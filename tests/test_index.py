@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sortedcontainers import SortedList
 
 import store as store_module
-from store import POSTING_FIELDS, RunQuery, RunStore, _presorted, _Watcher, file_name_for
+from store import (
+    POSTING_FIELDS,
+    STATUSES,
+    RunQuery,
+    RunStore,
+    _presorted,
+    _Watcher,
+    file_name_for,
+)
 
 RUN_IDS = ["a", "b", "run/2026:1", ".hidden", "x y", "ü"]
 JOBS = ["db", "files"]
@@ -149,6 +157,112 @@ class IndexFollowsFolder(RuleBasedStateMachine):
 def test_index_follows_a_random_mix_of_changes():
     """Hypothesis drives the state machine; each step is checked against a full re-scan."""
     IndexFollowsFolder.TestCase().runTest()
+
+
+def test_index_follows_a_random_mix_of_changes_checked_in_reader_processes(monkeypatch):
+    """The same, with every batch of events and every rescan checked by reader processes and
+    filed in bulk, as an rsync of thousands of files into the live folder is."""
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 1)
+    run_state_machine_as_test(
+        IndexFollowsFolder, settings=settings(IndexFollowsFolder.TestCase.settings, max_examples=10)
+    )
+
+
+def drop_runs(folder: Path, runs: list[dict]) -> None:
+    """Lay runs into folder as rsync does: each written to a dot-file, then renamed in."""
+    for run in runs:
+        temp = folder / f".{file_name_for(run['run_id'])}.Xy12Ab"
+        temp.write_text(json.dumps(run))
+        os.replace(temp, folder / file_name_for(run["run_id"]))
+
+
+def spy_on_readers(monkeypatch, before_filing=None) -> list[int]:
+    """Count the files each batch sends to reader processes; call before_filing() once all
+    the readers have answered, and before their findings are filed."""
+    batches: list[int] = []
+    real = store_module._check_in_readers
+
+    def check_in_readers(folder, files, name_kept):
+        batches.append(len(files))
+        every_slice = list(real(folder, files, name_kept))  # every reader is done
+        if before_filing is not None:
+            before_filing()
+        yield from every_slice
+
+    monkeypatch.setattr(store_module, "_check_in_readers", check_in_readers)
+    return batches
+
+
+def test_a_large_drop_is_read_by_reader_processes_and_filed_whole(store_dir, monkeypatch):
+    """50,000 runs rsynced into the live folder took 6-8 s to show: each read and filed
+    alone, in the watcher thread. A batch this large is now read by reader processes and
+    filed in bulk; the order and every posting list come out as a fresh start's."""
+    runs = [run_record(f"r{n}", ("db", "files")[n % 2], "success", n, n) for n in range(3)]
+    store = aged_store(store_dir, runs)
+    store.build_postings()
+    batches = spy_on_readers(monkeypatch)
+    count = store_module.PARALLEL_FOLLOW_MIN_FILES
+    dropped = [
+        run_record(f"d{n}", ("db", "files", "mail")[n % 3], STATUSES[n % 3], 100 + n, n)
+        for n in range(count)
+    ]
+    drop_runs(store_dir, dropped)
+    edited = run_record("r1", "files", "failure", 7, 5)  # and one file changed
+    (store_dir / "r1.json").write_text(json.dumps(edited))
+
+    store.rescan()
+
+    assert batches == [count + 3]
+    fresh = RunStore(store_dir, watch=False)
+    assert index_view(store) == index_view(fresh)
+    for query in (
+        RunQuery(limit=1000),
+        RunQuery(job_name="mail", limit=1000),
+        RunQuery(statuses=("failure",), job_name="files", limit=1000),
+        RunQuery(encrypted=True),
+    ):
+        assert store.list_runs(query).runs == fresh.list_runs(query).runs
+
+
+def test_a_reader_process_that_fails_leaves_its_files_to_the_watcher(
+    store_dir, monkeypatch, caplog
+):
+    """A reader that dies (killed, out of memory) costs time, not runs: its files are
+    checked in the server, one by one."""
+    store = aged_store(store_dir, [run_record("r0", "db", "success", 0, 1)])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    monkeypatch.setattr(store_module, "_READER_PROGRAM", "raise SystemExit(3)")
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "failure", 10 + n, n) for n in range(5)])
+
+    store.rescan()
+
+    assert index_view(store) == index_view(RunStore(store_dir, watch=False))
+    assert len(store) == 6
+    assert "a reader process failed (exit code 3)" in caplog.text
+
+
+def test_a_run_deleted_or_saved_while_readers_read_is_filed_as_the_api_left_it(
+    store_dir, monkeypatch
+):
+    """Between a reader's read and the filing of what it found, a DELETE must not see its
+    run put back, nor a POST see its run replaced by the file's older content."""
+    store = aged_store(store_dir, [])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+
+    def api_meanwhile():
+        store.delete("d1")
+        store.save(run_record("d2", "db", "failure", 50, 9))
+
+    spy_on_readers(monkeypatch, before_filing=api_meanwhile)
+    store.rescan()
+
+    assert "d1" not in store
+    assert [(s.run_id, s.status) for s in store.summaries()][:2] == [
+        ("d2", "failure"),
+        ("d3", "success"),
+    ]
+    assert index_view(store) == index_view(RunStore(store_dir, watch=False))
 
 
 def test_rescan_rereads_only_files_whose_stat_changed(store_dir, monkeypatch):
