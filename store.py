@@ -27,6 +27,7 @@ import signal
 import stat
 import subprocess
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -2150,6 +2151,9 @@ RECENT_DELETIONS_KEPT = 256  # for the dashboard's deletion notice (see deleted_
 HEALTH_HUNG_SECONDS = 10.0  # how long a /health waits for another's look at the folder
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
+# Events held for the watcher at most (about 150 bytes each); more, and it rescans instead.
+MAX_PENDING_EVENTS = 1_000_000
+INOTIFY_EVENT_BYTES = 48  # struct inotify_event: 16 bytes, then the name, padded (rsync: 32)
 
 
 @dataclass
@@ -2493,6 +2497,11 @@ class _Watcher:
     BATCH_SECONDS = 0.05
     FIRST_SNAPSHOT_SECONDS = 5.0  # after start: soon, as a start that read files was slow
     RETRY_SECONDS = 1.0  # how often a file that could not be checked is tried again
+    # A burst has ended when fewer than QUIET_EVENTS come in QUIET_WINDOW_SECONDS (a stream
+    # of POSTs makes about 200); see _folder_events_until_quiet.
+    QUIET_EVENTS = 1_000
+    QUIET_WINDOW_SECONDS = 0.1
+    QUIET_MAX_SECONDS = 10.0
 
     def __init__(self, store: RunStore):
         self._store = store
@@ -2523,6 +2532,8 @@ class _Watcher:
             )
             self._wd: int | None = self._inotify.add_watch(store.directory, self._mask)
             self._overflow = f.Q_OVERFLOW
+            # What _take_events puts in place of events it has no room for.
+            self._overflowed = inotify_simple.Event(wd=-1, mask=f.Q_OVERFLOW, cookie=0, name="")
             # A run file closed after writing was written in place (cp, an editor): the API
             # only ever renames finished files in. Its stat may not show it: two writes of the
             # same size within one timestamp tick (a second, on some file systems) keep the
@@ -2546,19 +2557,36 @@ class _Watcher:
         self._poller.register(self._wake_read, select.POLLIN)
         if self._inotify is not None:
             self._poller.register(self._inotify.fileno(), select.POLLIN)
-        self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
+        # Events are taken from the kernel by a thread of their own (see _take_events), into
+        # _pending, where this one finds them: a long turn here, reading a large drop, must
+        # not leave them queued in the kernel, which holds 16,384 (fs.inotify.max_queued_events)
+        # and then drops the rest. Each overflow cost a rescan of the whole folder, and under
+        # an rsync of 50,000 files into 100,000 they came one after another, 2 to 3 s each.
+        self._pending: list = []
+        self._pending_lock = threading.Lock()
+        self._events_came = threading.Event()
+        self._threads = [threading.Thread(target=self._run, name="store-watcher", daemon=True)]
+        if self._inotify is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self._take_events_until_stopped, name="store-events", daemon=True
+                )
+            )
         self._snapshot_writer: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start following the folder in a background thread."""
-        self._thread.start()
+        """Start following the folder in background threads."""
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and release the inotify descriptor."""
+        """Stop the threads and release the inotify descriptor."""
         self._stop.set()
         os.write(self._wake_write, b"x")  # end a wait for events now, not at its timeout
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._events_came.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=5)
         if self._snapshot_writer is not None:
             self._snapshot_writer.join()  # the caller may write one next: let this one land
         if self._inotify is not None:
@@ -2585,12 +2613,65 @@ class _Watcher:
         except Exception:  # a bug: say so, and let the next turn try again
             log.exception("cannot write index snapshot")
 
+    def _take_events_until_stopped(self) -> None:
+        """The "store-events" thread: move the kernel's events into _pending as they come."""
+        while not self._stop.is_set():
+            try:
+                self._take_events()
+            except Exception:  # the descriptor failed: say so, and try again in a second
+                log.exception("cannot read the store folder's events; retrying")
+                self._stop.wait(1.0)
+
+    def _take_events(self) -> None:
+        """Wait up to a second for events, then BATCH_SECONDS for the rest of a burst, and
+        add them all to _pending; a full _pending becomes one overflow, as the kernel's does."""
+        if not self._poller.poll(1000) or self._stop.wait(self.BATCH_SECONDS):
+            return
+        events = self._inotify.read(timeout=0)
+        with self._pending_lock:
+            if len(self._pending) + len(events) > MAX_PENDING_EVENTS:
+                # The rescan that follows puts the index right, as after the kernel's overflow.
+                events = [self._overflowed]
+                self._pending.clear()
+            self._pending.extend(events)
+        self._events_came.set()
+
     def _wait_for_events(self) -> list:
-        """Return inotify events, waiting up to 250 ms for some, or none once stop() is called."""
-        ready = self._poller.poll(250)
-        if self._stop.is_set() or not ready or self._stop.wait(self.BATCH_SECONDS):
+        """Return the events taken since the last call, waiting up to 250 ms for some, or
+        none once stop() is called."""
+        if not self._events_came.wait(0.25) or self._stop.is_set():
             return []
-        return self._inotify.read(timeout=0)
+        with self._pending_lock:
+            events, self._pending = self._pending, []
+            self._events_came.clear()
+        return events
+
+    def _folder_events_until_quiet(self) -> list:
+        """After an overflow, wait for the burst to end; return the folder's own events.
+
+        A rescan started under the burst (an rsync of 50,000 files) was overflowed in turn,
+        and so was the one after it: 2 to 3 s each at 150,000 files. The one rescan made once
+        events come slowly again covers every event taken meanwhile, so only those that say
+        the folder itself went are kept. Slowly: fewer than QUIET_EVENTS taken in a window,
+        and as few left in the kernel's queue (the events thread may be starved of CPU).
+        A burst that goes on is rescanned every QUIET_MAX_SECONDS, so it shows as it lands.
+        """
+        kept = []
+        deadline = time.monotonic() + self.QUIET_MAX_SECONDS
+        while time.monotonic() < deadline and not self._stop.wait(self.QUIET_WINDOW_SECONDS):
+            with self._pending_lock:
+                events, self._pending = self._pending, []
+                self._events_came.clear()
+            kept += [event for event in events if event.mask & (self._folder_gone | self._overflow)]
+            if len(events) < self.QUIET_EVENTS and self._queued_events() < self.QUIET_EVENTS:
+                break
+        return kept
+
+    def _queued_events(self) -> int:
+        """Return about how many events the kernel holds for us, not yet taken."""
+        queued = array("i", [0])
+        fcntl.ioctl(self._inotify.fileno(), termios.FIONREAD, queued, True)
+        return queued[0] // INOTIFY_EVENT_BYTES
 
     def _lose_folder(self) -> None:
         """Drop the watch of a folder that is no longer the one at the store's path."""
@@ -2706,6 +2787,7 @@ class _Watcher:
                 events = self._wait_for_events()
                 if any(event.mask & self._overflow for event in events):
                     log.warning("inotify queue overflowed; rescanning the store")
+                    events += self._folder_events_until_quiet()
                     rescan_due = True
                 gone = any(e.wd == self._wd and e.mask & self._folder_gone for e in events)
                 if not gone and time.monotonic() >= next_identity_check:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from itertools import count
@@ -898,9 +900,77 @@ def test_the_watcher_takes_the_events_of_a_burst_in_one_read(store_dir, monkeypa
         monkeypatch.setattr(
             watcher._stop, "wait", lambda seconds: (store_dir / "b.json").write_text("{}") and False
         )
+        watcher._take_events()
         names = {event.name for event in watcher._wait_for_events()}
         assert names == {"a.json", "b.json"}
     finally:
+        watcher.stop()
+
+
+def test_events_are_taken_from_the_kernel_while_the_watcher_reads_a_drop(
+    store_dir, monkeypatch, caplog
+):
+    """The kernel holds 16,384 events for us. While the watcher was busy with a large drop
+    they were left there, overflowed, and each overflow cost a rescan of the whole folder:
+    under an rsync of 50,000 runs into 100,000, one after another, 2 to 3 s each."""
+    store = RunStore(store_dir)
+    busy, release = threading.Event(), threading.Event()
+    real_follow_all = store.follow_all
+
+    def follow_all_slowly(changed, *args, **kwargs):
+        busy.set()
+        assert release.wait(30), "the test never let the watcher go on"
+        real_follow_all(changed, *args, **kwargs)
+
+    monkeypatch.setattr(store, "follow_all", follow_all_slowly)
+    try:
+        (store_dir / "first.json").write_text(
+            json.dumps(run_record("first", "db", "success", 0, 1))
+        )
+        assert busy.wait(10), "the watcher never saw the first file"
+        for n in range(10_000):  # each makes two events, a create and a close after writing
+            path = store_dir / f"d{n}.json"
+            path.write_text(json.dumps(run_record(f"d{n}", "db", "success", n + 1, n)))
+        release.set()
+        deadline = time.monotonic() + 30
+        while len(store) < 10_001 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(store) == 10_001
+        assert "overflowed" not in caplog.text
+    finally:
+        release.set()
+        store.close()
+
+
+def test_after_an_overflow_the_watcher_waits_for_the_burst_to_end(store_dir):
+    """A rescan begun while an rsync still lands files overflowed the queue in turn, and one
+    more rescan followed it, each of the whole folder. The watcher now waits until events
+    come slowly again, and rescans once."""
+    store = RunStore(store_dir, watch=False)
+    watcher = _Watcher(store)
+    watcher._threads[1].start()  # the events thread alone: this test plays the watcher's part
+    burst = subprocess.Popen(  # a writer in a process of its own, as rsync is
+        [
+            sys.executable,
+            "-c",
+            # Two files written in turn: an event each time (the kernel merges only repeats
+            # of the last one), and no new inode, which some disks make slow to create.
+            "import sys, time\n"
+            "end = time.monotonic() + 1.0\n"
+            "while time.monotonic() < end:\n"
+            "    open(f'{sys.argv[1]}/a.tmp', 'w').close()\n"
+            "    open(f'{sys.argv[1]}/b.tmp', 'w').close()\n",
+            str(store_dir),
+        ]
+    )
+    try:
+        time.sleep(0.2)  # the burst is under way
+        started = time.monotonic()
+        watcher._folder_events_until_quiet()
+        assert burst.poll() is not None, "the watcher stopped waiting while the burst went on"
+        assert time.monotonic() - started < watcher.QUIET_MAX_SECONDS
+    finally:
+        burst.wait(10)
         watcher.stop()
 
 
