@@ -829,6 +829,9 @@ def _presorted(keys: list) -> SortedList:
 # processes; a smaller one is checked in the watcher thread, where a process costs more to
 # start than it saves. There each new file costs about 140 us: 50,000 took 6-8 s.
 PARALLEL_FOLLOW_MIN_FILES = 2_000
+# A reader's runs that number at least 1/POSTINGS_REBUILT_AT of the index have the posting
+# lists built again after them, rather than updated (see RunStore._put_all).
+POSTINGS_REBUILT_AT = 10
 BULK_FILING_CHUNK = 5_000  # runs filed per hold of the locks: about 40 ms of listings held up
 # A reader's whole program: argv[1] is the folder that holds store.py, argv[2] the server's pid.
 _READER_PROGRAM = "import sys; sys.path.insert(0, sys.argv[1]); import store; store.serve_reader()"
@@ -1621,11 +1624,13 @@ class RunStore:
         self._jobs.setdefault(summary.job, {})[summary.run_id] = summary
         self._touch(summary.job)
 
-    def _put_all(self, summaries: list[RunSummary]) -> None:
-        """_put() for many summaries, with the order updated once. Caller holds the lock.
+    def _put_all(self, summaries: list[RunSummary], *, drop_postings: bool) -> None:
+        """_put() for many summaries, the order and posting lists updated once each.
 
-        The posting lists are dropped, for follow_all() to build again in one go: a key at
-        a time into six of them, 50,000 new runs cost over a second.
+        drop_postings drops the posting lists instead, for follow_all() to build again in
+        one go: cheaper when the runs are many beside the index (a key at a time into six of
+        them, 50,000 new runs in 100,000 cost over a second), dearer when few (at a million
+        runs a build takes 2.6 s). Caller holds the lock.
         """
         if not summaries:
             return
@@ -1636,7 +1641,20 @@ class RunStore:
             self._touch(summary.job)
         if not self._reloading:  # else the order is sorted once when the reload ends
             self._order.update(summary.key for summary in summaries)
-        self._postings = {}
+        if drop_postings:
+            self._postings = {}
+            return
+        for field, postings in self._postings.items():
+            value_of = POSTING_FIELDS[field]
+            by_value: defaultdict[object, list] = defaultdict(list)
+            for summary in summaries:
+                by_value[value_of(summary)].append(summary.key)
+            by_value.pop(None, None)
+            for value, keys in by_value.items():
+                if value in postings:
+                    postings[value].update(keys)
+                else:
+                    postings[value] = SortedList(keys)
 
     def _remove(self, run_id: str) -> None:
         """Drop a run from every index structure, if it is there. Caller holds the lock."""
@@ -2084,6 +2102,7 @@ class RunStore:
         remembered = [self._forgotten.pop(i) for i in found.kept if i in self._forgotten]
         candidates = [(summary, True) for summary in remembered]
         candidates += [(RunSummary.from_snapshot_row(row), False) for row in found.rows]
+        drop_postings = len(candidates) * POSTINGS_REBUILT_AT >= len(self._runs)
         for start in range(0, len(candidates), BULK_FILING_CHUNK):
             filed = []
             with self._all_id_locks(), self._lock:
@@ -2103,7 +2122,7 @@ class RunStore:
                         del self._warned[name]
                         log.info("%s: a valid run again, served", _shown(name))
                     filed.append(summary)
-                self._put_all(filed)
+                self._put_all(filed, drop_postings=drop_postings)
         failed = set(found.failed)
         for name, signature, message in found.problems:
             if name in failed:
