@@ -833,8 +833,11 @@ PARALLEL_FOLLOW_MIN_FILES = 2_000
 # lists built again after them, rather than updated (see RunStore._put_all).
 POSTINGS_REBUILT_AT = 10
 BULK_FILING_CHUNK = 5_000  # runs filed per hold of the locks: about 40 ms of listings held up
-# A reader's whole program: argv[1] is the folder that holds store.py, argv[2] the server's pid.
+# A reader's whole program: argv[1] is the folder that holds store.py, argv[2] the server's pid,
+# argv[3] the digest of the store.py the server runs (see serve_reader).
 _READER_PROGRAM = "import sys; sys.path.insert(0, sys.argv[1]); import store; store.serve_reader()"
+_READER_OTHER_VERSION = 3  # its exit code when its store.py is not the server's
+_SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 def serve_reader() -> None:
@@ -845,6 +848,10 @@ def serve_reader() -> None:
     loaders send.
     """
     _die_with_parent(int(sys.argv[2]))
+    # store.py replaced on disk (an upgrade) while the server runs: this process would read
+    # the server's data by another version's rules, so it refuses, and the server reads.
+    if sys.argv[3] != _SOURCE_DIGEST:
+        sys.exit(_READER_OTHER_VERSION)
     # Bytes from the server that started this process, through a pipe only it holds.
     folder, names, position, numbers, name_kept = marshal.loads(sys.stdin.buffer.read())  # noqa: S302
     signatures = _Signatures(position, array("q", numbers))
@@ -868,7 +875,10 @@ def _check_in_readers(
     kept is left empty unless name_kept.
     """
     size = -(-len(files) // min(len(os.sched_getaffinity(0)), MAX_LOAD_WORKERS))
-    command = [sys.executable, "-c", _READER_PROGRAM, os.path.dirname(__file__), str(os.getpid())]
+    home = os.path.dirname(os.path.abspath(__file__))
+    # -I: no module from the working folder (the store's own, with STORE_DIR=.) or PYTHONPATH
+    # can stand in for the standard library's.
+    command = [sys.executable, "-I", "-c", _READER_PROGRAM, home, str(os.getpid()), _SOURCE_DIGEST]
     readers: list[tuple[list[str], subprocess.Popen | None]] = []
     try:
         for start in range(0, len(files), size):
@@ -877,7 +887,7 @@ def _check_in_readers(
             try:
                 # Our own interpreter and program; the folder goes in through stdin, not argv.
                 reader = subprocess.Popen(  # noqa: S603
-                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=home
                 )
             except OSError as exc:
                 log.warning("cannot start a reader process (%s); checking files here", exc)
@@ -888,8 +898,8 @@ def _check_in_readers(
             numbers = array("q")
             for _, run_id, signature in part:
                 if signature is not None:
-                    try:
-                        numbers.extend(signature)
+                    try:  # packed first: a number too large must leave no others behind
+                        numbers.extend(array("q", signature))
                     except OverflowError:
                         continue  # compared against nothing: the file is read
                     position[run_id] = len(position)
@@ -903,10 +913,16 @@ def _check_in_readers(
             if reader is not None:
                 with reader.stdout:
                     output = reader.stdout.read()
-                if reader.wait() == 0:
+                if reader.wait() == _READER_OTHER_VERSION:
+                    log.warning(
+                        "store.py has changed on disk since the registry started (restart it "
+                        "to run the new code); checking files here, not in reader processes"
+                    )
+                elif reader.returncode == 0:
                     # Bytes from our own reader process, never from outside: safe to load.
-                    found = _CheckedFiles(*marshal.loads(output))  # noqa: S302
-                else:
+                    with contextlib.suppress(ValueError, EOFError, TypeError):
+                        found = _CheckedFiles(*marshal.loads(output))  # noqa: S302
+                if found is None and reader.returncode != _READER_OTHER_VERSION:
                     log.warning(
                         "a reader process failed (exit code %s); checking its files here",
                         reader.returncode,
@@ -2054,11 +2070,13 @@ class RunStore:
         scan_started_ns: int | None = None,
         run_ids: dict[str, str] | None = None,
     ) -> None:
-        """follow() each name in changed, which says whether it was written in place.
+        """Do what follow() does for each name in changed, which says whether it was
+        written in place.
 
         run_ids, if given, holds the run id of every name (a rescan has them already). A
         large batch is checked by reader processes and filed in bulk (see
-        _check_in_readers); a small one, or a slice whose reader failed, file by file here.
+        _check_in_readers); a small one, or a slice whose reader or filing failed, file by
+        file with follow(), which logs and retries what cannot be checked.
         """
         files = []
         for name, written_in_place in changed.items():
@@ -2080,34 +2098,49 @@ class RunStore:
         # Which ids were found unchanged matters only for taking back a folder's runs.
         name_kept = bool(self._forgotten)
         for names, found in _check_in_readers(self._path, files, name_kept):
+            if found is not None:
+                try:
+                    followed = self._file_checked(found, scan_started_ns or read_started)
+                except Exception:  # a bug: the slice is not lost for it
+                    log.exception("cannot file what a reader found; checking its files here")
+                    found = None
             if found is None:
                 for name in names:
                     self.follow(name, None, scan_started_ns, written_in_place=changed[name])
-            else:
-                self._file_checked(found, scan_started_ns or read_started)
+            elif self._failing:
+                # Checked after all, as follow() would have: no longer failing.
+                self._failing.difference_update(set(names) - followed)
         with self._lock:
             # Dropped by the bulk filing: built again in one go, unless a reload will.
             rebuild = not self._reloading and len(self._postings) < len(POSTING_FIELDS)
         if rebuild:
             threading.Thread(target=self._build_postings, daemon=True).start()
 
-    def _file_checked(self, found: _CheckedFiles, scan_started_ns: int) -> None:
+    def _file_checked(self, found: _CheckedFiles, scan_started_ns: int) -> set[str]:
         """Bring the index in line with what a reader found, in a few bulk updates.
 
         As refresh() does for one file, each file is looked at again under its id's lock
         before its run is filed: a file changed since it was read is left to its own event
-        (or the next rescan), and a DELETE since must not see its run put back.
+        (or the next rescan), and a DELETE since must not see its run put back. A file that
+        cannot be looked at, gone before its reader got to it, or unreadable is handed to
+        follow(); return the names of those.
         """
+        to_follow = set(found.gone) | set(found.failed)
         # Runs of a folder back after it went, found unchanged, are taken back unread.
-        remembered = [self._forgotten.pop(i) for i in found.kept if i in self._forgotten]
-        candidates = [(summary, True) for summary in remembered]
+        remembered = [self._forgotten.pop(i, None) for i in found.kept]
+        candidates = [(summary, True) for summary in remembered if summary is not None]
         candidates += [(RunSummary.from_snapshot_row(row), False) for row in found.rows]
         drop_postings = len(candidates) * POSTINGS_REBUILT_AT >= len(self._runs)
         for start in range(0, len(candidates), BULK_FILING_CHUNK):
             filed = []
             with self._all_id_locks(), self._lock:
                 for summary, unread in candidates[start : start + BULK_FILING_CHUNK]:
-                    now = self._signature_now(summary.run_id)
+                    name = file_name_for(summary.run_id)
+                    try:
+                        now = self._signature_now(summary.run_id)
+                    except OSError:  # the disk, say: follow() logs it and tries again
+                        to_follow.add(name)
+                        continue
                     if now is None and not unread:
                         self._remove(summary.run_id)
                     if now is None or now != summary.signature:
@@ -2117,24 +2150,25 @@ class RunStore:
                             filed.append(summary)
                         continue
                     self._forget_if_racy(summary, scan_started_ns)
-                    name = file_name_for(summary.run_id)
                     if name in self._warned:
                         del self._warned[name]
                         log.info("%s: a valid run again, served", _shown(name))
                     filed.append(summary)
                 self._put_all(filed, drop_postings=drop_postings)
-        failed = set(found.failed)
         for name, signature, message in found.problems:
-            if name in failed:
+            if name in to_follow:
                 continue  # follow() below tries it again, and says why it could not
             self._warn_once(name, signature, message)
             run_id = run_id_for(name)
             with self._id_lock(run_id), self._lock:
-                if self._signature_now(run_id) == signature:
-                    self._remove(run_id)  # a run file turned bad: it is no longer served
-        # Gone before its reader got to it, or unreadable: refresh() sees to those.
-        for name in found.gone + found.failed:
+                try:
+                    if self._signature_now(run_id) == signature:
+                        self._remove(run_id)  # a run file turned bad: no longer served
+                except OSError:
+                    to_follow.add(name)
+        for name in to_follow:
             self.follow(name, written_in_place=True)
+        return to_follow
 
     def _signature_now(self, run_id: str) -> tuple | None:
         """Return the stat signature of run_id's file now, or None if there is none."""
@@ -2807,6 +2841,8 @@ class _Watcher:
                 if any(event.mask & self._overflow for event in events):
                     log.warning("inotify queue overflowed; rescanning the store")
                     events += self._folder_events_until_quiet()
+                    if self._stop.is_set():
+                        break  # a rescan now could outlast stop()'s wait, and close()
                     rescan_due = True
                 gone = any(e.wd == self._wd and e.mask & self._folder_gone for e in events)
                 if not gone and time.monotonic() >= next_identity_check:

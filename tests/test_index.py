@@ -255,21 +255,134 @@ def test_a_drop_small_beside_the_index_updates_its_posting_lists(store_dir, monk
         assert store.list_runs(query).runs == fresh.list_runs(query).runs
 
 
+@pytest.mark.parametrize(
+    ("program", "logged"),
+    [
+        ("raise SystemExit(5)", "a reader process failed (exit code 5)"),
+        # An answer of another shape (a reader of another version, or a bug) exits 0.
+        (
+            "import marshal, sys; sys.stdout.buffer.write(marshal.dumps((1, 2)))",
+            "a reader process failed (exit code 0)",
+        ),
+    ],
+)
 def test_a_reader_process_that_fails_leaves_its_files_to_the_watcher(
-    store_dir, monkeypatch, caplog
+    store_dir, monkeypatch, caplog, program, logged
 ):
-    """A reader that dies (killed, out of memory) costs time, not runs: its files are
-    checked in the server, one by one."""
+    """A reader that dies (killed, out of memory) or answers nonsense costs time, not runs:
+    its files are checked in the server, one by one."""
     store = aged_store(store_dir, [run_record("r0", "db", "success", 0, 1)])
     monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
-    monkeypatch.setattr(store_module, "_READER_PROGRAM", "raise SystemExit(3)")
+    monkeypatch.setattr(store_module, "_READER_PROGRAM", program)
     drop_runs(store_dir, [run_record(f"d{n}", "db", "failure", 10 + n, n) for n in range(5)])
 
     store.rescan()
 
     assert index_view(store) == index_view(RunStore(store_dir, watch=False))
     assert len(store) == 6
-    assert "a reader process failed (exit code 3)" in caplog.text
+    assert logged in caplog.text
+
+
+def test_a_store_py_changed_on_disk_is_not_run_as_a_reader(store_dir, monkeypatch, caplog):
+    """Readers import store.py anew for each batch: after an upgrade on disk, while the old
+    server runs, they would read its data by other rules. They refuse, and the server reads.
+    (A reviewer's finding: an answer of the new shape broke every large batch and rescan.)"""
+    store = aged_store(store_dir, [])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    monkeypatch.setattr(store_module, "_SOURCE_DIGEST", "0" * 64)  # as if the file had changed
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+
+    store.rescan()
+
+    assert len(store) == 4
+    assert "store.py has changed on disk since the registry started" in caplog.text
+
+
+def test_reader_processes_import_nothing_from_the_working_folder(
+    store_dir, tmp_path, monkeypatch, caplog
+):
+    """`python -c` puts the working folder first on the module path: with STORE_DIR=. that
+    is the store folder, which rsync and others write, and a heapq.py there ran in every
+    reader. (A reviewer's finding.)"""
+    store = aged_store(store_dir, [])
+    marker = tmp_path / "it ran"
+    (store_dir / "heapq.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(store_dir)
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+
+    store.rescan()
+
+    assert not marker.exists()
+    assert len(store) == 4
+    assert "reader process failed" not in caplog.text
+
+
+def test_a_file_that_cannot_be_looked_at_while_filing_is_followed_alone(store_dir, monkeypatch):
+    """An I/O error on one file's last look before filing lost every run of the slice, and
+    nothing tried them again. That file now goes the per-file way, which logs it and
+    retries it; the others are filed. (A reviewer's finding.)"""
+    store = aged_store(store_dir, [])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(6)])
+    real_lstat, failed = os.lstat, []
+
+    def lstat_failing_once(path, *args, **kwargs):
+        if str(path).endswith("d3.json") and not failed:
+            failed.append(path)
+            raise OSError(5, "Input/output error")
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "lstat", lstat_failing_once)
+    store.rescan()
+
+    assert failed
+    assert len(store) == 6
+
+
+def test_a_file_checked_by_a_reader_is_no_longer_failing(store_dir, monkeypatch):
+    """A file the watcher could not check keeps listings at 503 until it can (see
+    follow()): checked by a reader, it must count as checked too. (A reviewer's finding.)"""
+    store = aged_store(store_dir, [])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+    store._failing.add("d1.json")  # as follow() leaves a file it could not read
+
+    store.rescan()
+
+    assert store._failing == set()
+    assert len(store) == 4
+
+
+def test_a_signature_too_large_for_64_bits_costs_only_its_own_read(store_dir, monkeypatch):
+    """A file stamped past 2262 (rsync -a of one touched into the future) left part of its
+    signature packed, shifting every later one: the unchanged files after it were read again
+    at each rescan. (A reviewer's finding.)"""
+    store_dir.mkdir()
+    drop_runs(store_dir, [run_record(f"d{n:02d}", "db", "success", n, n) for n in range(40)])
+    an_hour_ago = time.time() - 3600
+    for path in store_dir.glob("*.json"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    past_2262 = 2**63 + 10**18
+    future = {f"d{n:02d}" for n in range(0, 40, 2)}  # among the others, in no set order
+    for run_id in future:
+        os.utime(store_dir / f"{run_id}.json", ns=(past_2262, past_2262))
+    # Their inode changed just now (the new stamp): trusted at once, as if changed long ago.
+    monkeypatch.setattr(store_module, "RACY_NS", 0)
+    store = RunStore(store_dir, watch=False)
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    read = []
+    real = store_module._check_in_readers
+
+    def count_reads(folder, files, name_kept):
+        for names, found in real(folder, files, name_kept):
+            read.extend(row[4] for row in found.rows)
+            yield names, found
+
+    monkeypatch.setattr(store_module, "_check_in_readers", count_reads)
+    store.rescan()
+
+    assert set(read) == future  # each of these has no signature to compare, so it is read
 
 
 def test_a_run_deleted_or_saved_while_readers_read_is_filed_as_the_api_left_it(
@@ -1001,6 +1114,28 @@ def test_after_an_overflow_the_watcher_waits_for_the_burst_to_end(store_dir):
     finally:
         burst.wait(10)
         watcher.stop()
+
+
+def test_a_watcher_stopped_while_it_waits_out_a_burst_does_not_rescan(store_dir, monkeypatch):
+    """stop() during the wait after an overflow let a full rescan start, which could outlast
+    stop()'s wait: close() then saved the snapshot and let go of the folder while the index
+    still changed. (A reviewer's finding.)"""
+    store = RunStore(store_dir)
+    watcher = store._watcher
+    rescans_after_stop = []
+    real_rescan = store.rescan
+    monkeypatch.setattr(
+        store, "rescan", lambda: rescans_after_stop.append(watcher._stop.is_set()) or real_rescan()
+    )
+    monkeypatch.setattr(watcher, "QUIET_EVENTS", 0)  # the burst never ends
+    with watcher._pending_lock:
+        watcher._pending.append(watcher._overflowed)
+    watcher._events_came.set()
+    time.sleep(0.5)  # the watcher waits for the burst to end
+
+    store.close()
+
+    assert True not in rescans_after_stop
 
 
 def test_the_cache_of_run_bytes_is_bounded_in_bytes_and_forgets_deleted_runs(
