@@ -2097,8 +2097,10 @@ class RunStore:
         read_started = time.time_ns()
         # Which ids were found unchanged matters only for taking back a folder's runs.
         name_kept = bool(self._forgotten)
+        read = kept = 0
         for names, found in _check_in_readers(self._path, files, name_kept):
             if found is not None:
+                read, kept = read + len(found.rows), kept + len(found.kept)
                 try:
                     followed = self._file_checked(found, scan_started_ns or read_started)
                 except Exception:  # a bug: the slice is not lost for it
@@ -2110,6 +2112,14 @@ class RunStore:
             elif self._failing:
                 # Checked after all, as follow() would have: no longer failing.
                 self._failing.difference_update(set(names) - followed)
+        if read or kept:  # a large drop, or a folder back: worth a line, unlike a quiet rescan
+            log.info(
+                "reader processes checked %d files in %.1f s: %d read, %d taken back unread",
+                len(files),
+                (time.time_ns() - read_started) / 1e9,
+                read,
+                kept,
+            )
         with self._lock:
             # Dropped by the bulk filing: built again in one go, unless a reload will.
             rebuild = not self._reloading and len(self._postings) < len(POSTING_FIELDS)

@@ -13,6 +13,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -253,6 +254,43 @@ def test_a_drop_small_beside_the_index_updates_its_posting_lists(store_dir, monk
         RunQuery(agent_id="host", statuses=("success",)),
     ):
         assert store.list_runs(query).runs == fresh.list_runs(query).runs
+
+
+def test_a_real_server_reads_a_folder_back_in_reader_processes(live_server_factory, tmp_path):
+    """The real server under waitress, started as `python app.py`: its folder moved away and
+    back is checked by reader processes (each a new interpreter, isolated), which take the
+    unchanged runs back and read the one changed meanwhile."""
+    folder = tmp_path / "store"
+    folder.mkdir()
+    count = store_module.PARALLEL_FOLLOW_MIN_FILES + 500
+    drop_runs(folder, [run_record(f"r{n}", "db", "success", n, n) for n in range(count)])
+    an_hour_ago = time.time() - 3600
+    for path in folder.glob("*.json"):  # past the "racy" window, so that signatures hold
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    server = live_server_factory(store_dir=folder)
+
+    def listed() -> requests.Response:
+        return requests.get(server.url + "/v1/backup-runs?limit=1&status=failure", timeout=10)
+
+    away = tmp_path / "away"
+    os.rename(folder, away)
+    deadline = time.monotonic() + 10
+    while "was removed or moved away" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (away / "r7.json").write_text(json.dumps(run_record("r7", "db", "failure", 7, 7)))
+    os.rename(away, folder)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        response = listed()
+        if response.status_code == 200 and response.headers["X-Total-Count"] == "1":
+            break
+        time.sleep(0.1)
+
+    assert [run["run_id"] for run in listed().json()] == ["r7"]
+    everything = requests.get(server.url + "/v1/backup-runs?limit=1", timeout=10)
+    assert everything.headers["X-Total-Count"] == str(count)
+    assert f"reader processes checked {count} files" in server.log()
+    assert f"1 read, {count - 1} taken back unread" in server.log()
 
 
 @pytest.mark.parametrize(
