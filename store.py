@@ -618,12 +618,13 @@ class _Signatures(NamedTuple):
     numbers: array  # inode, size, mtime_ns, ctime_ns of each run, one after the other
 
     @classmethod
-    def of(cls, snapshot: dict[str, list]) -> _Signatures:
-        """Pack the signatures of snapshot's rows; a row whose numbers do not fit is left out."""
+    def of(cls, rows: dict[str, list | tuple]) -> _Signatures:
+        """Pack the signatures that open each row (snapshot rows, or bare signatures) by run
+        id; a row whose numbers do not fit is left out."""
         position: dict[str, int] = {}
         numbers = array("q")
-        for run_id, row in snapshot.items():
-            try:
+        for run_id, row in rows.items():
+            try:  # packed first: a number too large must leave none of the others behind
                 numbers.extend(array("q", row[:4]))
             except OverflowError:
                 continue  # its file is read, as if the snapshot did not have it
@@ -894,20 +895,11 @@ def _check_in_readers(
                 readers.append((names, None))
                 continue
             readers.append((names, reader))
-            position: dict[str, int] = {}
-            numbers = array("q")
-            for _, run_id, signature in part:
-                if signature is not None:
-                    try:  # packed first: a number too large must leave no others behind
-                        numbers.extend(array("q", signature))
-                    except OverflowError:
-                        continue  # compared against nothing: the file is read
-                    position[run_id] = len(position)
+            known = _Signatures.of({run_id: sig for _, run_id, sig in part if sig is not None})
+            message = (folder, names, known.position, known.numbers.tobytes(), name_kept)
             # The reader takes its whole input before it starts: meanwhile the next one starts.
             with contextlib.suppress(BrokenPipeError), reader.stdin:  # if it died, wait() says
-                reader.stdin.write(
-                    marshal.dumps((folder, names, position, numbers.tobytes(), name_kept))
-                )
+                reader.stdin.write(marshal.dumps(message))
         for names, reader in readers:
             found = None
             if reader is not None:
@@ -1655,22 +1647,18 @@ class RunStore:
             self._runs[summary.run_id] = summary
             self._jobs.setdefault(summary.job, {})[summary.run_id] = summary
             self._touch(summary.job)
+        keys = sorted(summary.key for summary in summaries)
         if not self._reloading:  # else the order is sorted once when the reload ends
-            self._order.update(summary.key for summary in summaries)
+            self._order.update(keys)
         if drop_postings:
             self._postings = {}
             return
         for field, postings in self._postings.items():
-            value_of = POSTING_FIELDS[field]
-            by_value: defaultdict[object, list] = defaultdict(list)
-            for summary in summaries:
-                by_value[value_of(summary)].append(summary.key)
-            by_value.pop(None, None)
-            for value, keys in by_value.items():
+            for value, added in self._built_posting(field, keys).items():
                 if value in postings:
-                    postings[value].update(keys)
+                    postings[value].update(added)
                 else:
-                    postings[value] = SortedList(keys)
+                    postings[value] = added
 
     def _remove(self, run_id: str) -> None:
         """Drop a run from every index structure, if it is there. Caller holds the lock."""
