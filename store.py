@@ -835,10 +835,26 @@ PARALLEL_FOLLOW_MIN_FILES = 2_000
 POSTINGS_REBUILT_AT = 10
 BULK_FILING_CHUNK = 5_000  # runs filed per hold of the locks: about 40 ms of listings held up
 # A reader's whole program: argv[1] is the folder that holds store.py, argv[2] the server's pid,
-# argv[3] the digest of the store.py the server runs (see serve_reader).
-_READER_PROGRAM = "import sys; sys.path.insert(0, sys.argv[1]); import store; store.serve_reader()"
+# argv[3] the digest of the store.py the server runs. A store.py replaced on disk (an upgrade)
+# while the server runs would read the server's data by other rules, so a reader refuses it
+# before importing it, and the server reads those files itself.
+_READER_PROGRAM = (
+    "import hashlib, os, sys\n"
+    "with open(os.path.join(sys.argv[1], 'store.py'), 'rb') as source:\n"
+    "    if hashlib.sha256(source.read()).hexdigest() != sys.argv[3]:\n"
+    "        sys.exit(3)\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "import store\n"
+    "store.serve_reader()\n"
+)
 _READER_OTHER_VERSION = 3  # its exit code when its store.py is not the server's
 _SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+# Resolved now: a release folder behind a symlink (current -> v1) that a deployment has since
+# pointed elsewhere still holds the store.py this server runs.
+_HOME = os.path.dirname(os.path.realpath(__file__))
+# A reader has this long, and a little more per file, before it is taken for hung and killed.
+READER_TIMEOUT_SECONDS = 60.0
+READER_SECONDS_PER_FILE = 0.001
 
 
 def serve_reader() -> None:
@@ -849,10 +865,6 @@ def serve_reader() -> None:
     loaders send.
     """
     _die_with_parent(int(sys.argv[2]))
-    # store.py replaced on disk (an upgrade) while the server runs: this process would read
-    # the server's data by another version's rules, so it refuses, and the server reads.
-    if sys.argv[3] != _SOURCE_DIGEST:
-        sys.exit(_READER_OTHER_VERSION)
     # Bytes from the server that started this process, through a pipe only it holds.
     folder, names, position, numbers, name_kept = marshal.loads(sys.stdin.buffer.read())  # noqa: S302
     signatures = _Signatures(position, array("q", numbers))
@@ -876,36 +888,46 @@ def _check_in_readers(
     kept is left empty unless name_kept.
     """
     size = -(-len(files) // min(len(os.sched_getaffinity(0)), MAX_LOAD_WORKERS))
-    home = os.path.dirname(os.path.abspath(__file__))
-    # -I: no module from the working folder (the store's own, with STORE_DIR=.) or PYTHONPATH
-    # can stand in for the standard library's.
-    command = [sys.executable, "-I", "-c", _READER_PROGRAM, home, str(os.getpid()), _SOURCE_DIGEST]
-    readers: list[tuple[list[str], subprocess.Popen | None]] = []
+    # -P: no module from the working folder (the store's own, with STORE_DIR=.) can stand in
+    # for the standard library's. PYTHONPATH and the user's site stay, as the server has them.
+    command = [sys.executable, "-P", "-c", _READER_PROGRAM, _HOME, str(os.getpid()), _SOURCE_DIGEST]
+    slices = [files[start : start + size] for start in range(0, len(files), size)]
+    readers: list[tuple[list[str], subprocess.Popen | None, threading.Timer | None]] = []
     try:
-        for start in range(0, len(files), size):
-            part = files[start : start + size]
+        # All started before any is written to: each takes its input only once it has started
+        # (about 0.1 s), and a pipe holds 64 KiB, so feeding each in turn started them in turn.
+        for part in slices:
             names = [name for name, _, _ in part]
             try:
                 # Our own interpreter and program; the folder goes in through stdin, not argv.
                 reader = subprocess.Popen(  # noqa: S603
-                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=home
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_HOME
                 )
             except OSError as exc:
                 log.warning("cannot start a reader process (%s); checking files here", exc)
-                readers.append((names, None))
+                readers.append((names, None, None))
                 continue
-            readers.append((names, reader))
-            known = _Signatures.of({run_id: sig for _, run_id, sig in part if sig is not None})
-            message = (folder, names, known.position, known.numbers.tobytes(), name_kept)
-            # The reader takes its whole input before it starts: meanwhile the next one starts.
-            with contextlib.suppress(BrokenPipeError), reader.stdin:  # if it died, wait() says
-                reader.stdin.write(marshal.dumps(message))
-        for names, reader in readers:
+            # A reader stopped, or stuck on a disk, is killed in time; the server then checks
+            # its files itself, rather than follow nothing more until it ends.
+            hung = threading.Timer(
+                READER_TIMEOUT_SECONDS + READER_SECONDS_PER_FILE * len(names), reader.kill
+            )
+            hung.start()
+            readers.append((names, reader, hung))
+        for part, (names, reader, _) in zip(slices, readers, strict=True):
+            if reader is not None:
+                known = _Signatures.of({run_id: sig for _, run_id, sig in part if sig})
+                message = (folder, names, known.position, known.numbers.tobytes(), name_kept)
+                with contextlib.suppress(BrokenPipeError), reader.stdin:  # if it died: wait()
+                    reader.stdin.write(marshal.dumps(message))
+        for names, reader, hung in readers:
             found = None
             if reader is not None:
                 with reader.stdout:
                     output = reader.stdout.read()
-                if reader.wait() == _READER_OTHER_VERSION:
+                reader.wait()
+                hung.cancel()
+                if reader.returncode == _READER_OTHER_VERSION:
                     log.warning(
                         "store.py has changed on disk since the registry started (restart it "
                         "to run the new code); checking files here, not in reader processes"
@@ -921,8 +943,9 @@ def _check_in_readers(
                     )
             yield names, found
     finally:
-        for _, reader in readers:
+        for _, reader, hung in readers:
             if reader is not None:
+                hung.cancel()
                 if reader.poll() is None:
                     reader.kill()
                     reader.wait()

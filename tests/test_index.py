@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -334,6 +335,97 @@ def test_a_store_py_changed_on_disk_is_not_run_as_a_reader(store_dir, monkeypatc
 
     assert len(store) == 4
     assert "store.py has changed on disk since the registry started" in caplog.text
+
+
+def test_a_hung_reader_is_stopped_and_its_files_checked_here(store_dir, monkeypatch, caplog):
+    """A reader stopped, or stuck on a disk, held the watcher until it ended: nothing was
+    followed meanwhile. It is killed after its time, and the server checks its files."""
+    store = aged_store(store_dir, [])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    monkeypatch.setattr(store_module, "READER_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(store_module, "READER_SECONDS_PER_FILE", 0.0)
+    monkeypatch.setattr(store_module, "_READER_PROGRAM", "import time; time.sleep(60)")
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+    started = time.monotonic()
+
+    store.rescan()
+
+    assert time.monotonic() - started < 30
+    assert len(store) == 4
+    assert "a reader process failed (exit code -9)" in caplog.text
+
+
+def test_readers_are_all_started_before_any_is_fed(store_dir, monkeypatch):
+    """Each reader takes its input only once it has started, and a pipe holds 64 KiB: fed in
+    turn as each was started, large slices started them one after another, 0.1 s each.
+    (A reviewer's finding.)"""
+    store = aged_store(store_dir, [])
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    monkeypatch.setattr(store_module.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(6)])
+    steps = []
+    real_popen = subprocess.Popen
+
+    class RecordedPopen(real_popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            steps.append("start")
+            real_write = self.stdin.write
+            self.stdin.write = lambda data: steps.append("feed") or real_write(data)
+
+    monkeypatch.setattr(store_module.subprocess, "Popen", RecordedPopen)
+    store.rescan()
+
+    assert steps == ["start"] * 3 + ["feed"] * 3
+    assert len(store) == 6
+
+
+def test_reader_processes_see_the_modules_the_server_sees(store_dir, tmp_path, monkeypatch, caplog):
+    """Readers started isolated (-I) left out PYTHONPATH and the user's site-packages: a
+    server that finds sortedcontainers there had every reader fail. Only the working folder
+    is left out now. (A reviewer's finding.)"""
+    store = aged_store(store_dir, [])
+    on_path = tmp_path / "on-pythonpath"
+    on_path.mkdir()
+    marker = tmp_path / "seen"
+    (on_path / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setenv("PYTHONPATH", str(on_path))
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+
+    store.rescan()
+
+    assert marker.exists()
+    assert len(store) == 4
+    assert "reader process failed" not in caplog.text
+
+
+def test_readers_run_the_servers_store_py_behind_a_moved_symlink(
+    store_dir, tmp_path, monkeypatch, caplog
+):
+    """A server run from a release folder behind a symlink (current -> v1), which a
+    deployment then points at v2: the readers followed the link to v2's store.py, took it
+    for an upgrade, and left every batch to the server. (A reviewer's finding.)"""
+    current = tmp_path / "current"
+    current.symlink_to(Path(store_module.__file__).resolve().parent)
+    spec = importlib.util.spec_from_file_location("store_v1", current / "store.py")
+    release = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "store_v1", release)
+    spec.loader.exec_module(release)  # as the server imported it, through the link
+    next_release = tmp_path / "v2"
+    next_release.mkdir()
+    (next_release / "store.py").write_text("# the next release\n")
+    current.unlink()
+    current.symlink_to(next_release)  # the deployment moves on; this server still runs v1
+    monkeypatch.setattr(release, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    store = release.RunStore(store_dir, watch=False)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(4)])
+
+    store.rescan()
+
+    assert len(store) == 4
+    assert "changed on disk" not in caplog.text
+    assert "reader process failed" not in caplog.text
 
 
 def test_reader_processes_import_nothing_from_the_working_folder(
