@@ -882,7 +882,7 @@ def _check_in_readers(
     Each slice goes to a reader process started for it. Why not the loaders' fork: by now the
     server's threads run, and a child forked from a threaded process can inherit a lock one
     of them held (the log's, say) and wait on it for good; a new interpreter holds none, and
-    starts in about 50 ms. Yield each slice's names with what was found, or with None where
+    starts in about 0.15 s. Yield each slice's names with what was found, or with None where
     its reader failed, for the caller to check those itself: it costs time, never correctness.
     The files just written are in the page cache, so one reader per CPU keeps them all busy.
     kept is left empty unless name_kept.
