@@ -1026,6 +1026,7 @@ class RunStore:
         # here, not read again. Emptied by the rescan that reads the folder back.
         self._forgotten: dict[str, RunSummary] = {}
         self._reloading = False  # that rescan is under way: the index is known to be partial
+        self._closing = False  # close() has begun
         # Ids delete() removed lately, and when: the dashboard's "Run X was deleted"
         # notice takes X from its address, and must name only a deletion that happened.
         self._deletions: OrderedDict[str, float] = OrderedDict()
@@ -1103,6 +1104,7 @@ class RunStore:
         """Stop following the folder and save the index snapshot; the store stays readable."""
         if self._postings_builder is not None:
             self._postings_builder.cancel()
+        self._closing = True  # a bulk batch under way stops at its next slice (follow_all)
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -2110,6 +2112,11 @@ class RunStore:
         name_kept = bool(self._forgotten)
         read = kept = 0
         for names, found in _check_in_readers(self._path, files, name_kept):
+            if self._closing:
+                # Filing the rest could outlast close()'s wait for the watcher, which would
+                # then save the snapshot and unlock the folder under a changing index. The
+                # next start reads what was not filed.
+                return
             if found is not None:
                 read, kept = read + len(found.rows), kept + len(found.kept)
                 try:

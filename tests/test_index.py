@@ -29,6 +29,7 @@ from store import (
     _presorted,
     _Watcher,
     file_name_for,
+    run_id_for,
 )
 
 RUN_IDS = ["a", "b", "run/2026:1", ".hidden", "x y", "ü"]
@@ -1266,6 +1267,38 @@ def test_a_watcher_stopped_while_it_waits_out_a_burst_does_not_rescan(store_dir,
     store.close()
 
     assert True not in rescans_after_stop
+
+
+def test_close_during_a_large_batch_stops_it_at_the_next_slice(store_dir, monkeypatch):
+    """A batch of many slices, at a million runs, could outlast close()'s 5 s wait for the
+    watcher, which then saved the snapshot and unlocked the folder while the watcher still
+    filed runs. The batch now stops at its next slice. (A reviewer's finding.)"""
+    monkeypatch.setattr(store_module, "PARALLEL_FOLLOW_MIN_FILES", 2)
+    monkeypatch.setattr(store_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    store = RunStore(store_dir)
+    first_filed, later = threading.Event(), []
+    real = store_module._check_in_readers
+
+    def close_between_slices(folder, files, name_kept):
+        first, *rest = real(folder, files, name_kept)
+        yield first
+        first_filed.set()
+        deadline = time.monotonic() + 5
+        while not getattr(store, "_closing", False) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for names, found in rest:
+            later.extend(names)
+            yield names, found
+
+    monkeypatch.setattr(store_module, "_check_in_readers", close_between_slices)
+    drop_runs(store_dir, [run_record(f"d{n}", "db", "success", n, n) for n in range(10)])
+    assert first_filed.wait(10), "no batch went to the readers"
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(10)
+
+    assert later, "the batch had one slice only"
+    assert not [name for name in later if run_id_for(name) in store]
 
 
 def test_the_cache_of_run_bytes_is_bounded_in_bytes_and_forgets_deleted_runs(
