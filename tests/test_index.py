@@ -1269,6 +1269,38 @@ def test_a_watcher_stopped_while_it_waits_out_a_burst_does_not_rescan(store_dir,
     assert True not in rescans_after_stop
 
 
+def test_events_past_the_limit_become_one_overflow(store_dir, monkeypatch):
+    """Events held for the watcher are bounded, as the kernel's queue is: past the limit
+    they are dropped for one overflow, and the rescan it brings covers them."""
+    store = RunStore(store_dir, watch=False)
+    watcher = _Watcher(store)  # not started: this test calls it by hand
+    monkeypatch.setattr(store_module, "MAX_PENDING_EVENTS", 3)
+    try:
+        for name in ("a", "b", "c"):  # two events each: created, closed after writing
+            (store_dir / f"{name}.json").write_text("{}")
+        watcher._take_events()
+        assert watcher._pending == [watcher._overflowed]
+    finally:
+        watcher.stop()
+
+
+def test_a_burst_still_queued_in_the_kernel_is_not_taken_for_quiet(store_dir, monkeypatch):
+    """The events thread may be starved of CPU under a burst, so that few events reach the
+    watcher while the kernel's queue fills: quiet counts those still queued too."""
+    store = RunStore(store_dir, watch=False)
+    watcher = _Watcher(store)  # no events thread: every event stays in the kernel's queue
+    monkeypatch.setattr(watcher, "QUIET_EVENTS", 10)
+    monkeypatch.setattr(watcher, "QUIET_MAX_SECONDS", 0.5)
+    try:
+        for n in range(20):
+            (store_dir / f"f{n}.tmp").write_text("")
+        started = time.monotonic()
+        watcher._folder_events_until_quiet()
+        assert time.monotonic() - started >= 0.4  # waited for the burst, to the limit
+    finally:
+        watcher.stop()
+
+
 def test_close_during_a_large_batch_stops_it_at_the_next_slice(store_dir, monkeypatch):
     """A batch of many slices, at a million runs, could outlast close()'s 5 s wait for the
     watcher, which then saved the snapshot and unlocked the folder while the watcher still
