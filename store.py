@@ -718,7 +718,7 @@ def _check_files_in(
         try:
             rows.append(_read_row(folder, name, run_id, folder_fd))
         except FileNotFoundError:
-            gone.append(name)  # removed while we looked; the watcher drops it
+            gone.append(name)  # removed as we looked: at start not loaded, live followed
         except _NotARun as exc:
             problems.append((name, exc.signature, str(exc)))
         except OSError as exc:
@@ -1643,8 +1643,7 @@ class RunStore:
 
         While a folder that came back is read, the order is left alone: rescan sorts it then.
         """
-        self._remove(summary.run_id)
-        self._runs[summary.run_id] = summary
+        self._file_run(summary)
         if not self._reloading:  # else the order is sorted once when the reload ends
             self._order.add(summary.key)
         for field, value in self._posting_values(summary):
@@ -1654,6 +1653,11 @@ class RunStore:
                 if keys is None:
                     keys = postings[value] = SortedList()
                 keys.add(summary.key)
+
+    def _file_run(self, summary: RunSummary) -> None:
+        """The part of _put() that _put_all() shares: the run by id and by job, not sorted."""
+        self._remove(summary.run_id)
+        self._runs[summary.run_id] = summary
         self._jobs.setdefault(summary.job, {})[summary.run_id] = summary
         self._touch(summary.job)
 
@@ -1668,10 +1672,7 @@ class RunStore:
         if not summaries:
             return
         for summary in summaries:
-            self._remove(summary.run_id)
-            self._runs[summary.run_id] = summary
-            self._jobs.setdefault(summary.job, {})[summary.run_id] = summary
-            self._touch(summary.job)
+            self._file_run(summary)
         keys = sorted(summary.key for summary in summaries)
         if not self._reloading:  # else the order is sorted once when the reload ends
             self._order.update(keys)
