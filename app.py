@@ -40,6 +40,7 @@ from store import (
     StoreFull,
     StoreUnavailable,
     TimestampOutOfRange,
+    comma_separated,
     format_timestamp,
     loads_strict,
     parse_timestamp,
@@ -915,9 +916,8 @@ def parse_list_query(args) -> RunQuery:
         if value is not None:
             setattr(query, name, value)
     # status=success&status=failure means both, as status=success,failure does.
-    status = ",".join(value for value in args.getlist("status") if value)
-    if status:
-        statuses = tuple(dict.fromkeys(part.strip() for part in status.split(",")))
+    statuses = comma_separated(value for value in args.getlist("status") if value)
+    if statuses:
         unknown = [value for value in statuses if value not in STATUSES]
         if unknown:
             raise ApiError(f"status: unknown value {unknown[0]!r}; use {', '.join(STATUSES)}")

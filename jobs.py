@@ -35,7 +35,14 @@ from prometheus_client.exposition import (
 )
 from werkzeug.exceptions import BadRequest
 
-from store import RunNotFound, RunStore, RunSummary, format_timestamp, loads_strict
+from store import (
+    RunNotFound,
+    RunStore,
+    RunSummary,
+    comma_separated,
+    format_timestamp,
+    loads_strict,
+)
 
 JOBS_SCHEMA_PATH = Path(__file__).resolve().parent / "jobs.schema.json"
 # A jobs file is an object holding a list of flat objects: three levels. Deeper than this is
@@ -721,9 +728,7 @@ def parse_states(values: list[str]) -> tuple[str, ...]:
     state=late&state=failing means both, as state=late,failing does (and as status does for
     listings): reading only the first value left out the failing jobs without a word.
     """
-    if not values:
-        return ()
-    states = tuple(dict.fromkeys(part.strip() for part in ",".join(values).split(",")))
+    states = comma_separated(values)
     unknown = [state for state in states if state not in STATE_RANK]
     if unknown:
         raise ValueError(f"state: unknown value {unknown[0]!r}; use {', '.join(STATES)}")

@@ -387,6 +387,15 @@ def summary_row(run: dict, run_id: str, signature: tuple) -> list:
     ]
 
 
+def comma_separated(values: Iterable[str]) -> tuple[str, ...]:
+    """Split query values such as ['failure,partial', 'success'] at commas, each part stripped.
+
+    Parts keep their first order, repeats dropped; empty ones stay, for the caller to refuse
+    (the API) or pass over (the dashboard's form).
+    """
+    return tuple(dict.fromkeys(part.strip() for value in values for part in value.split(",")))
+
+
 @dataclass
 class RunQuery:
     """Filters for a listing; every one that is set must hold."""

@@ -22,7 +22,15 @@ from flask import (
 )
 
 import jobs
-from store import STATUSES, InvalidRunId, RunNotFound, RunStore, RunSummary, parse_timestamp
+from store import (
+    STATUSES,
+    InvalidRunId,
+    RunNotFound,
+    RunStore,
+    RunSummary,
+    comma_separated,
+    parse_timestamp,
+)
 
 bp = Blueprint("ui", __name__)
 
@@ -407,12 +415,11 @@ def _echoed(value: str) -> str:
 
 def _known_values(args, name: str, known, problems: list[str]) -> tuple[str, ...]:
     """Read a filter that takes several values (a=x,y or a=x&a=y); name the first unknown one."""
-    given = [part.strip() for value in args.getlist(name) for part in value.split(",")]
-    given = [value for value in given if value]
+    given = [value for value in comma_separated(args.getlist(name)) if value]
     unknown = [value for value in given if value not in known]
     if unknown:
         problems.append(f"{name}: unknown value {_echoed(unknown[0])}; ignored")
-    return tuple(dict.fromkeys(value for value in given if value in known))
+    return tuple(value for value in given if value in known)
 
 
 def parse_overview_filters(args) -> OverviewFilters:
