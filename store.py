@@ -192,9 +192,10 @@ def parse_timestamp(text: str, *, date_only_ok: bool = False, lenient: bool = Fa
     lenient skips the check of its shape, for run files already in the store (see
     _timestamp_field); what clients send is always checked.
     """
-    if not isinstance(text, str) or not 10 <= len(text) <= 64:
+    # 8 is a date in the basic format (20260512, 2026W202); with a time, 11 or more.
+    if not isinstance(text, str) or not 8 <= len(text) <= 64:
         raise ValueError("not an ISO 8601 date-time")
-    if not date_only_ok and len(text) == 10:
+    if not date_only_ok and len(text) <= 10:
         raise ValueError("needs a time as well as a date")
     # RFC 3339 allows a lower-case 't' and 'z'; Python's parser does not.
     text = text.upper()

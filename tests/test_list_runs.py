@@ -176,6 +176,20 @@ def test_since_may_be_a_date(client, clock):
     assert listed_ids(client, since="2026-05-13") == []
 
 
+@pytest.mark.parametrize(
+    ("same_day", "next_day"),
+    [("20260512", "20260513"), ("2026W202", "2026W203"), ("2026-W20-2", "2026-W20-3")],
+)
+def test_since_and_until_take_a_date_in_every_iso_8601_form(client, clock, same_day, next_day):
+    """The basic format and week dates, as a POST's times may be written: 20260512 was a 400."""
+    post_runs(client, clock, make_run("r1"))
+
+    assert listed_ids(client, since=same_day) == ["r1"]
+    assert listed_ids(client, since=next_day) == []
+    assert listed_ids(client, until=next_day) == ["r1"]
+    assert listed_ids(client, until=same_day) == []
+
+
 @pytest.fixture
 def runs_1001(store_dir):
     """A store folder holding 1001 runs, run-0000 received first, before the app starts."""
