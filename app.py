@@ -274,7 +274,6 @@ def parse_json_body(raw: bytes) -> object:
             limit = sys.get_int_max_str_digits()
             raise ApiError(f"body: a number has more than {limit} digits") from None
         raise ApiError(f"body: {exc}") from None
-    _check_nesting_and_text(data)
     return data
 
 
@@ -381,8 +380,12 @@ class RunValidator:
         """Return the report with only known fields, or raise ApiError naming every problem."""
         if not isinstance(data, dict):
             raise ApiError("body: must be a JSON object")
+        # Unknown fields are dropped unread, whatever they hold, as the original dropped them;
         # received_at is the server's to set: a client's value is replaced, never judged.
-        data = {key: value for key, value in data.items() if key != "received_at"}
+        data = {
+            key: value for key, value in data.items() if key in self.fields and key != "received_at"
+        }
+        _check_nesting_and_text(data)
         problems = sorted(
             (self._explain(error) for error in self._validator.iter_errors(data)),
             key=lambda text: (self._field_rank(text), text),

@@ -117,6 +117,20 @@ def test_unknown_top_level_fields_are_accepted_and_dropped(client):
     assert set(client.get(f"{RUNS}/run-1").get_json()) == {*make_run(), "received_at"}
 
 
+def test_unknown_fields_are_dropped_unread_whatever_they_hold(client, store_dir):
+    """Text that could not be stored, or nesting too deep to keep, in a field that is dropped
+    anyway refused the whole run: the report was lost for a field no one would read."""
+    body = make_run(extra={"\udc80": "\ud800"}, **{"\ud800": 1}, deep=deep_metadata(40))
+
+    response = post(client, json.dumps(body).encode())
+
+    assert response.status_code == 201, response.get_json()
+    assert json.loads((store_dir / "run-1.json").read_text()).keys() == {
+        *make_run(),
+        "received_at",
+    }
+
+
 def test_received_at_is_utc_with_microseconds_and_z(client):
     received_at = post(client, make_run()).get_json()["received_at"]
 
