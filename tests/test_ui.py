@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1167,6 +1168,22 @@ def test_docs_list_parameters_headers_auth_fields_and_curl(app, client):
     limits = f"1 to {app_module.MAX_LIMIT}, default {app_module.DEFAULT_LIMIT}"
     assert limits in text
     assert "<td>string (ISO 8601 date-time)</td>" in text  # start_time's type, said in words
+
+
+def test_docs_list_every_error_status_the_contract_declares(client):
+    """415 (a compressed body) was in the README and openapi.json but missing from /docs."""
+    contract = json.loads((Path(app_module.__file__).parent / "openapi.json").read_text())
+    declared = {
+        status
+        for operations in contract["paths"].values()
+        for operation in operations.values()
+        if isinstance(operation, dict)
+        for status in operation.get("responses", {})
+        if status[0] in "45"
+    }
+    errors = page(client, "/docs").split("<h2>Errors</h2>", 1)[1].split("</section>", 1)[0]
+
+    assert declared and {s for s in declared if f"<dt><code>{s}</code></dt>" not in errors} == set()
 
 
 def test_docs_give_this_servers_body_limit(app_config):
