@@ -650,6 +650,17 @@ class RunIdConverter(PathConverter):
         return quote(value, safe="!$&'()*+,:;=@")
 
 
+class RegistryFlask(Flask):
+    """Flask, answering OPTIONS with a 204 and Allow instead of its empty text/html 200."""
+
+    def make_default_options_response(self) -> Response:
+        """Return the 204 that answers OPTIONS on any route, Allow listing its methods."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]  # nothing follows to have a type
+        return response
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the Flask app: settings from defaults, the environment, then test_config."""
     config = load_config(test_config)
@@ -657,7 +668,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         job_overrides = jobs.load_jobs_file(config["JOBS_FILE"], config["STORE_DIR"])
     except jobs.JobsFileError as exc:
         raise ConfigError(str(exc)) from None
-    app = Flask(__name__)
+    app = RegistryFlask(__name__)
     # Run ids may hold '//'; merging slashes would redirect them to another id.
     app.url_map.merge_slashes = False
     app.url_map.converters["run_id"] = RunIdConverter

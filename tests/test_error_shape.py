@@ -78,3 +78,13 @@ def test_a_wrong_method_names_the_method_and_the_path(client):
     response = client.put(RUNS)
 
     assert response.get_json() == {"error": f"method PUT not allowed on {RUNS}"}
+
+
+@pytest.mark.parametrize("path", [RUNS, f"{RUNS}/run-1", "/v1/jobs", "/health", "/"])
+def test_options_is_a_204_naming_the_allowed_methods_without_a_body(client, path):
+    """Flask's own answer was a 200 with an empty text/html body, where the API answers JSON."""
+    response = client.options(path)
+
+    assert response.status_code == 204
+    assert "GET" in response.headers["Allow"] and "OPTIONS" in response.headers["Allow"]
+    assert "Content-Type" not in response.headers and response.get_data() == b""
