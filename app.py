@@ -954,8 +954,10 @@ def parse_list_query(args) -> RunQuery:
             raise ApiError("encrypted: must be true or false")
         query.encrypted = args["encrypted"] == "true"
     if "q" in args:
-        if not args["q"].strip() or len(args["q"]) > 200:
-            raise ApiError("q: must be 1 to 200 characters")
+        if not args["q"].strip():  # blanks would match every run with a space in it
+            raise ApiError("q: must not be empty or blank")
+        if len(args["q"]) > 200:
+            raise ApiError("q: must be at most 200 characters")
         query.text = args["q"]
     if "cursor" in args:
         query.after = decode_cursor(args["cursor"])

@@ -175,6 +175,19 @@ def test_bad_listing_values_are_400_naming_the_parameter(client, query, field):
     assert response.get_json()["error"].startswith(f"{field}:")
 
 
+@pytest.mark.parametrize(
+    ("q", "error"),
+    [
+        ("", "q: must not be empty or blank"),
+        ("%20", "q: must not be empty or blank"),  # one character, yet no text to look for
+        ("x" * 201, "q: must be at most 200 characters"),
+    ],
+)
+def test_a_bad_q_is_told_why(client, q, error):
+    """'must be 1 to 200 characters' did not say why a single space was refused."""
+    assert client.get(f"/v1/backup-runs?q={q}").get_json() == {"error": error}
+
+
 def test_cursor_pages_cover_every_run_once_with_link_and_total(client, posted):
     seen, url, pages = [], "/v1/backup-runs?limit=4&status=success,failure", 0
     while url:
