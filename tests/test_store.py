@@ -467,6 +467,8 @@ def test_a_file_the_listing_skips_is_not_served_by_get_either(start_client, stor
         ({"job_name": "   "}, "job_name is missing or not a string"),
         ({"agent_id": "\t"}, "agent_id is missing or not a string"),
         ({"bytes_backed_up": True}, "bytes_backed_up is not an integer"),
+        # A POST turns 5.0 into 5; a file is served as it is, so it must hold 5 (README).
+        ({"bytes_backed_up": 5.0}, "bytes_backed_up is not an integer"),
     ],
 )
 def test_a_file_with_a_blank_name_or_a_boolean_size_is_skipped(
