@@ -195,12 +195,14 @@ def parse_timestamp(text: str, *, date_only_ok: bool = False, lenient: bool = Fa
     # 8 is a date in the basic format (20260512, 2026W202); with a time, 11 or more.
     if not isinstance(text, str) or not 8 <= len(text) <= 64:
         raise ValueError("not an ISO 8601 date-time")
-    if not date_only_ok and len(text) <= 10:
-        raise ValueError("needs a time as well as a date")
     # RFC 3339 allows a lower-case 't' and 'z'; Python's parser does not.
     text = text.upper()
-    if not lenient and not _ISO_8601.fullmatch(text):
+    # Leniency is for the separator of a time already stored; text as short as a date is
+    # checked all the same, or 'yesterday' would be told it "needs a time".
+    if (not lenient or len(text) <= 10) and not _ISO_8601.fullmatch(text):
         raise ValueError("not an ISO 8601 date-time")
+    if not date_only_ok and len(text) <= 10:
+        raise ValueError("needs a time as well as a date")
     value = datetime.fromisoformat(text)
     if value.tzinfo is UTC:
         return value  # most are written with Z: converting to UTC costs a third of the parse
