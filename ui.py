@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -37,6 +38,9 @@ bp = Blueprint("ui", __name__)
 HISTORY_PAGE_SIZE = 50
 CHART_MAX_RUNS = 120
 CHART_MAX_LABELS = 12
+# Between two marks' words, in the chart's units (1,000 wide): 'partial' in 10.5 px bold takes
+# about 40, and a word at either edge is anchored to one side of its mark, not centred on it.
+CHART_LABEL_SPACING = 64
 ERROR_PREVIEW_CHARS = 90
 
 # Without 'unsafe-inline' anywhere, an injected <script> or style attribute cannot run; the
@@ -799,7 +803,8 @@ def history_chart(runs: list[RunSummary]) -> HistoryChart:
 
     # A word per mark reads better than a legend, until the words would crowd each other.
     marked = [p for p in points if p.status != "success"]
-    if len(marked) <= CHART_MAX_LABELS:
+    gaps = [later.x - earlier.x for earlier, later in itertools.pairwise(marked)]
+    if len(marked) <= CHART_MAX_LABELS and min(gaps, default=math.inf) >= CHART_LABEL_SPACING:
         for point in marked:
             point.annotate = True
             if point.x > right - 30:

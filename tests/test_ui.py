@@ -815,6 +815,22 @@ def test_history_chart_words_stay_inside_the_chart_at_either_edge(client):
     assert re.search(r'marker-text-partial"[^>]*text-anchor="end">partial<', chart)
 
 
+@pytest.mark.parametrize(("hours_apart", "words"), [(3, 0), (48, 2)])
+def test_history_chart_drops_the_words_when_two_marks_would_overprint(client, hours_apart, words):
+    """Two failures hours apart among 20 daily runs printed 'failedfailed' on one line."""
+    for day in range(1, 21):
+        start = f"2026-04-{day:02d}T02:00:00Z"
+        report(client, f"s{day}", start_time=start, end_time=start)
+    for number, hour in enumerate((0, hours_apart)):
+        start = f"2026-04-{10 + hour // 24:02d}T{4 + hour % 24:02d}:00:00Z"
+        report(client, f"f{number}", status="failure", start_time=start, end_time=start)
+    text = page(client, "/job?job_name=postgres-daily&agent_id=db-01")
+    chart = re.search(r'<svg class="history-chart".*?</svg>', text, re.S)[0]
+
+    assert chart.count('class="mark-failure"') == 2
+    assert chart.count(">failed</text>") == words
+
+
 @pytest.mark.parametrize(("failures", "words"), [(12, 12), (13, 0)])
 def test_history_chart_drops_the_words_when_too_many_would_crowd(client, failures, words):
     """Pins CHART_MAX_LABELS: a word per failed run up to twelve, then shapes alone."""
