@@ -382,19 +382,29 @@ class OverviewFilters:
     def keep(self, row: JobRow) -> bool:
         """Tell whether row passes every filter."""
         latest = row.latest
-        if self.agent and row.agent_id != self.agent:
-            return False
-        if self.job and self.job.casefold() not in row.job_name.casefold():
+        if not self._keeps_job(row.job_name, row.agent_id, row.state):
             return False
         if self.statuses and latest.status not in self.statuses:
             return False
         if self.encryption and row.encryption != self.encryption:
             return False
-        if self.states and row.state not in self.states:
-            return False
         if self.since and latest.start_ts < self.since.timestamp():
             return False
         return not (self.until and latest.start_ts >= self.until.timestamp())
+
+    def keep_unreported(self, job: jobs.JobSummary) -> bool:
+        """Tell whether a job that never reported passes: by its name, agent and state. It has
+        no run, so a filter on a run's status, encryption or time leaves it out."""
+        if self.statuses or self.encryption or self.since or self.until:
+            return False
+        return self._keeps_job(job.job_name, job.agent_id, job.state)
+
+    def _keeps_job(self, job_name: str, agent_id: str, state: str | None) -> bool:
+        if self.agent and agent_id != self.agent:
+            return False
+        if self.job and self.job.casefold() not in job_name.casefold():
+            return False
+        return not (self.states and state not in self.states)
 
 
 ENCRYPTION_FILTERS = ("encrypted", "unencrypted", "unknown")  # JobRow.encryption's values
@@ -603,9 +613,12 @@ def overview() -> tuple[str, int]:
         monitored=monitored,
         empty_store=not all_rows,
         # (summary, first expected start or None) of each job that never reported
+        # The box follows the filters as the table does: ?state=ok&agent=db-01 named a late
+        # job on another agent above a table of db-01's healthy jobs.
         never_reported=[
             (job, job.next_expected_at and parse_timestamp(job.next_expected_at).timestamp())
             for job in never_reported
+            if filters.keep_unreported(job)
         ],
         deleted=deletion_notice(),
         example_curl=example_curl(),

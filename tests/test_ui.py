@@ -152,6 +152,38 @@ def test_a_job_that_must_be_encrypted_counts_as_unencrypted_until_a_run_says_so(
         application.extensions["store"].close()
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("", True),
+        ("?agent=nas-01", True),
+        ("?job=SYNC", True),
+        ("?state=new", True),
+        ("?agent=db-01", False),
+        ("?job=postgres", False),
+        ("?state=ok,late", False),
+        ("?status=success", False),  # it has no run: no status, encryption or time to match
+        ("?encryption=unknown", False),
+        ("?since=2026-01-01", False),
+    ],
+)
+def test_a_job_that_never_reported_is_named_only_under_filters_it_passes(
+    app_config, tmp_path, query, named
+):
+    """?agent=db-01 showed the box naming a job on nas-01 above a table of db-01's jobs."""
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text('{"jobs": [{"job_name": "offsite-sync", "agent_id": "nas-01"}]}')
+    application = app_module.create_app({**app_config, "JOBS_FILE": str(jobs_file)})
+    try:
+        client = application.test_client()
+        report(client, "pg-1")  # postgres-daily on db-01
+        text = page(client, "/" + query)
+        assert ("Expected, never reported" in text) is named
+        assert ("offsite-sync" in text) is named
+    finally:
+        application.extensions["store"].close()
+
+
 def test_sort_links_keep_every_value_of_a_repeated_filter(client):
     report(client, "f", status="failure", job_name="a-failed")
     report(client, "p", status="partial", job_name="b-partial")
