@@ -6,7 +6,9 @@
 async function deleteRun(button) {
   const status = document.getElementById("delete-status");
   const runId = button.dataset.runId;
-  if (!window.confirm(`Delete run “${runId}”?\n\nIts file is removed from the store. This cannot be undone.`)) {
+  // Isolated (U+2068 ... U+2069): a dialog's plain text has no CSS to keep a U+202E in the id
+  // from reversing the words after it.
+  if (!window.confirm(`Delete run “\u2068${runId}\u2069”?\n\nIts file is removed from the store. This cannot be undone.`)) {
     return;
   }
   button.disabled = true;

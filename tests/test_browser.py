@@ -397,6 +397,26 @@ def test_a_text_direction_control_in_stored_text_reorders_only_that_text(
     assert code["x"] < words  # "Run (id) was deleted.", left to right
 
 
+def test_a_direction_control_in_stored_text_is_isolated_in_titles_and_the_dialog(
+    live_server_factory, page: Page, tmp_path: Path
+):
+    """A title or a dialog is plain text, out of CSS's reach: U+202E in a job name reversed
+    ' on db-01 · Backup Registry' after it in the browser's tab."""
+    write_runs(tmp_path / "store", [make_run("\u202er2", job_name="\u202epostgres")])
+    server = live_server_factory(store_dir=tmp_path / "store")
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    page.goto(server.url + "/job?job_name=%E2%80%AEpostgres&agent_id=db-01")
+    assert page.title() == "\u2068\u202epostgres\u2069 on \u2068db-01\u2069 · Backup Registry"
+    page.goto(server.url + "/run/%E2%80%AEr2")
+    assert page.title() == "Run \u2068\u202er2\u2069 · Backup Registry"
+    page.get_by_role("button", name="Delete").click()
+
+    expect(page.locator("#delete-status")).to_have_text("")
+    assert dialogs and dialogs[0].startswith("Delete run “\u2068\u202er2\u2069”?")
+
+
 def test_a_direction_control_in_a_stored_link_leaves_the_note_after_it_alone(
     live_server_factory, page: Page, tmp_path: Path
 ):
