@@ -300,3 +300,20 @@ def test_readme_wrapper_reports_the_run(tmp_path, server, command, exit_code, st
     with requests.get(f"{server.url}{RUNS}?job_name={job}", timeout=10) as listed:
         [run] = listed.json()
     assert (run["status"], run["error"]) == (status, error)
+
+
+def test_readme_wrapper_says_why_a_report_was_refused(tmp_path, server):
+    """It said only 'could not report', whatever the server answered: the reason stayed in the
+    server's log, out of the agent's cron mail."""
+    script = tmp_path / "report-backup"
+    script.write_text(readme_wrapper(), encoding="utf-8")
+    env = {**os.environ, "REGISTRY": server.url, "REGISTRY_TOKEN": TOKEN}
+
+    result = subprocess.run(
+        ["sh", str(script), "", "sh", "-c", "exit 4"], env=env, capture_output=True, timeout=30
+    )
+
+    assert result.returncode == 4  # still the command's own
+    said = result.stderr.decode()
+    assert said.startswith(f'report-backup: could not report to {server.url}: {{"error":"job_name')
+    assert said.endswith('"}\n(HTTP 400)\n')
