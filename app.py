@@ -116,7 +116,7 @@ def _proxy_address(text: str) -> str:
             ipaddress.ip_address(address)
         except ValueError:
             # waitress would quietly never match it, and believe no forwarded header.
-            raise ValueError("must be one IP address, such as 127.0.0.1") from None
+            raise ValueError("must be one IP address, such as 127.0.0.1, or *") from None
     return address
 
 
@@ -536,12 +536,11 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 def authenticate() -> str | None:
     """Return how the request is authenticated ('bypass', 'token', 'basic') or None."""
     config = current_app.config
-    local = (
-        config["LOCALHOST_BYPASS"]
-        and _is_loopback(request.environ.get("REMOTE_ADDR"))
-        and not any(name in request.headers for name in PROXY_HEADERS)
-    )
-    # For the refusal's log line: a local request refused only for its Host is a puzzle.
+    loopback = config["LOCALHOST_BYPASS"] and _is_loopback(request.environ.get("REMOTE_ADDR"))
+    # For the refusal's log line: a loopback request refused only for a proxy's header (a
+    # proxy on this host, TRUSTED_PROXY unset) or for its Host is a puzzle otherwise.
+    g.proxied_loopback = loopback and any(name in request.headers for name in PROXY_HEADERS)
+    local = loopback and not g.proxied_loopback
     g.host_not_loopback = local and not _names_loopback(_requested_host())
     if local and not g.host_not_loopback:
         # Admitted, as the original admitted every local request; but an agent tested on
@@ -772,14 +771,19 @@ def register_hooks(app: Flask) -> None:
         if g.auth is None and request.endpoint not in app.config.get("PUBLIC_ENDPOINTS", ()):
             # Who was refused, for fail2ban and the like: behind a TRUSTED_PROXY this is the
             # client's address, not the proxy's. Never the credentials tried.
+            why = ""
+            if g.get("proxied_loopback"):
+                why = " (a proxy's header came with it: no localhost bypass; see TRUSTED_PROXY)"
+            elif g.get("host_not_loopback"):
+                why = (
+                    f" (Host {loggable_host()} names no loopback: no localhost bypass; see README)"
+                )
             auth_log.warning(
                 "refused %s %s from %s: no valid credentials%s",
                 request.method,
                 loggable_path(),
                 loggable_address(),
-                f" (Host {loggable_host()} names no loopback: no localhost bypass; see README)"
-                if g.get("host_not_loopback")
-                else "",
+                why,
             )
             return error_response(
                 "authentication required: send a bearer token, X-API-Key or HTTP Basic",

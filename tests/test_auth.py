@@ -169,6 +169,21 @@ def test_a_local_request_refused_for_its_host_says_why_in_the_log(client, caplog
     assert "(Host a%20b names no loopback" in caplog.text
 
 
+def test_a_local_request_refused_for_a_proxy_s_header_says_why_in_the_log(client, caplog):
+    """A proxy on this host without TRUSTED_PROXY set: every request it passed on was refused
+    with 'no valid credentials', and nothing said the bypass was off for its header."""
+    caplog.set_level(logging.WARNING)
+
+    assert_401(client.get(RUNS, headers={"X-Forwarded-For": "203.0.113.9"}))
+    assert_401(client.get(RUNS, environ_base=REMOTE, headers={"X-Forwarded-For": "203.0.113.9"}))
+    [local, remote] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert local.endswith(
+        "no valid credentials (a proxy's header came with it: no localhost bypass; "
+        "see TRUSTED_PROXY)"
+    )
+    assert remote.endswith("no valid credentials")  # no bypass to miss from another host
+
+
 def test_a_long_host_is_cut_short_on_the_refusal_s_log_line(client, caplog):
     """Logged whole and percent-encoded, an 80 KB Host of '%' wrote 240 KB to the log for
     every refused request from loopback."""

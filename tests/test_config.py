@@ -192,6 +192,16 @@ def test_a_trusted_proxy_of_any_address_is_allowed():
     assert load_config({}, environ={"TRUSTED_PROXY": "*"})["TRUSTED_PROXY"] == "*"
 
 
+def test_a_bad_trusted_proxy_is_told_that_star_is_allowed_too():
+    """The message named only an address, where the README's table allows '*' as well."""
+    with pytest.raises(ConfigError) as refused:
+        load_config({}, environ={"TRUSTED_PROXY": "nginx"})
+    assert str(refused.value) == (
+        "environment variable TRUSTED_PROXY='nginx' is invalid: "
+        "must be one IP address, such as 127.0.0.1, or *"
+    )
+
+
 def test_a_token_no_header_can_carry_is_refused_without_showing_it():
     """A header reaches the app as Latin-1, so a non-ASCII token would admit no one."""
     with pytest.raises(ConfigError) as refused:
