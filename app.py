@@ -1005,9 +1005,18 @@ class _FlagParser(argparse.ArgumentParser):
 def parse_args(argv: list[str]) -> dict:
     """Read command-line flags; each mirrors a setting (--store-dir is STORE_DIR)."""
     # No abbreviations: '--auth=x' made argparse print x in its 'ambiguous option' error.
-    parser = _FlagParser(description="Serve the Backup Registry with waitress.", allow_abbrev=False)
-    for name in SETTINGS:
-        parser.add_argument("--" + name.lower().replace("_", "-"), dest=name, metavar=name)
+    parser = _FlagParser(
+        description="Serve the Backup Registry with waitress.",
+        epilog="Each flag sets the environment variable of its name, and wins over it; the "
+        "README's Configuration table says what each means. Prefer the environment for "
+        "secrets: flags show in ps.",
+        allow_abbrev=False,
+    )
+    for name, (default, _parse) in SETTINGS.items():
+        shown = "none" if default in ("", ()) else int(default) if default is True else default
+        parser.add_argument(
+            "--" + name.lower().replace("_", "-"), dest=name, metavar=name, help=f"default: {shown}"
+        )
     flags, unknown = parser.parse_known_args(argv)
     if unknown:
         # Names only: argparse would echo '--auth-password=hunter2', a mistyped secret.

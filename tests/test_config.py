@@ -133,6 +133,18 @@ def test_flags_mirror_every_setting():
         assert parse_args([flag, "value"]) == {name: "value"}
 
 
+def test_help_gives_each_flag_its_default_and_points_to_the_readme(capsys):
+    """--help listed the flags with nothing after them."""
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+
+    assert "--port PORT default: 8080" in text
+    assert "--api-tokens API_TOKENS default: none" in text
+    assert "--watch-store WATCH_STORE default: 1" in text  # as the README writes it, not True
+    assert "Configuration table" in text
+
+
 def test_flags_override_the_environment():
     config = load_config(parse_args(["--port", "9001", "--host", "::1"]), environ={"PORT": "9000"})
 
