@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# An older python3 would build a .venv that fails later, on a syntax error far from the cause.
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "scripts/test.sh: $(python3 -V 2>&1) is too old: Python 3.11 or later is needed" >&2
+  exit 1
+fi
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
