@@ -465,6 +465,15 @@ def _twice_median(values: list[int]) -> int:
     return ordered[middle - 1] + ordered[middle]
 
 
+def _duration_us(run: RunSummary) -> int:
+    """A run's duration in whole microseconds, exact as its times were written.
+
+    Near 1.8e9 seconds a float keeps about 0.2 us, so each time rounds back to the microsecond
+    it was given, where their difference in seconds does not (0.3 s came out as 0.29999995).
+    """
+    return round(run.end_ts * 1_000_000) - round(run.start_ts * 1_000_000)
+
+
 def _half(number: int) -> int | float:
     """Half an integer, exact when it is even: a float has 53 bits, and sizes go up to 2**63."""
     return number // 2 if number % 2 == 0 else number / 2
@@ -484,10 +493,12 @@ def run_flags(
         if below_half or (minimum is not None and size < minimum):
             flags.append("size_drop")
     if enough:
-        typical = statistics.median(run.end_ts - run.start_ts for run in reference)
-        duration = latest.end_ts - latest.start_ts
+        # In whole microseconds, as sizes are compared in whole bytes: exactly a quarter or
+        # four times is no anomaly, and float seconds since 1970 missed that by a hair.
+        twice_typical = _twice_median([_duration_us(run) for run in reference])
+        duration = _duration_us(latest)
         # A zero median gives no scale to be a quarter or four times of.
-        if typical > 0 and (duration < typical / 4 or duration > typical * 4):
+        if twice_typical > 0 and (8 * duration < twice_typical or duration > 2 * twice_typical):
             flags.append("duration_anomaly")
     required = override is not None and override.require_encryption
     if (

@@ -249,6 +249,23 @@ def test_duration_anomaly_under_a_quarter_or_over_four_times_the_median(duration
     assert ("duration_anomaly" in flags_of(latest, earlier)) is flagged
 
 
+@pytest.mark.parametrize(
+    ("typical", "duration", "flagged"),
+    [
+        (1.2, 0.3, False),  # exactly a quarter, in seconds with a fraction
+        (1.2, 0.299999, True),
+        (0.1, 0.4, False),  # exactly four times
+        (0.1, 0.400001, True),
+    ],
+)
+def test_duration_anomaly_bounds_hold_for_fractions_of_a_second(typical, duration, flagged):
+    """As float seconds since 1970, 0.3 s came out as 0.29999995 s and 1.2 s as 1.20000005 s:
+    exactly a quarter was flagged (README: it is not an anomaly)."""
+    earlier = sized(1000, 1000, 1000, duration=typical)
+    latest = run_at(LATER, bytes_backed_up=1000, duration=duration)
+    assert ("duration_anomaly" in flags_of(latest, earlier)) is flagged
+
+
 def test_no_duration_anomaly_against_a_median_of_zero_seconds():
     """Pins that runs reporting no duration give no scale: a real one is not an anomaly."""
     earlier = sized(1000, 1000, 1000, duration=0)
