@@ -294,10 +294,20 @@ def _cron_problem(expression: str, timezone: str) -> str | None:
     except (ZoneInfoNotFoundError, ValueError):
         zone = ZoneInfo("UTC")  # a bad time zone gets its own message
     try:
-        croniter(expression, datetime.now(zone), max_years_between_matches=CRON_YEARS).get_next()
+        _crontab(expression, datetime.now(zone), max_years_between_matches=CRON_YEARS).get_next()
     except CroniterBadDateError:
         return f"never fires: no time in the next {CRON_YEARS} years matches it"
     return None
+
+
+def _crontab(expression: str, moment: datetime, **options) -> croniter:
+    """croniter over expression from moment, reading its two day fields as cron does.
+
+    cron matches a day by day of month *or* day of week only when neither field starts with
+    '*'; otherwise by both. croniter's default is "or" always: '0 2 */2 * 1' (odd Mondays to
+    cron) was expected every odd day too, and the job read late between its runs.
+    """
+    return croniter(expression, moment, implement_cron_bug=True, **options)
 
 
 # --- per-job statistics ----------------------------------------------------------------------
@@ -336,7 +346,7 @@ def cron_schedule(
     try:
         # From the timestamp, not start + timedelta: adding to an aware time drops its fold,
         # which puts a start in the hour that repeats when clocks go back an hour early.
-        before = croniter(expression, datetime.fromtimestamp(last_start + 1, zone)).get_prev(
+        before = _crontab(expression, datetime.fromtimestamp(last_start + 1, zone)).get_prev(
             datetime
         )
         after = _next_slot(expression, before)
@@ -361,7 +371,7 @@ def _next_slot(expression: str, moment: datetime) -> datetime:
     time, then 02:30 winter time); cron runs such a job once. Expecting the second made a
     daily job late an hour after its run, and gave it a zero interval, so a five-minute grace.
     """
-    slots = croniter(expression, moment)
+    slots = _crontab(expression, moment)
     slot = slots.get_next(datetime)
     # Every slot of the hour's second pass, not only the first: with 0,30 2 * * * the job
     # ran at 02:00 and 02:30 summer time, and 02:30 winter time was expected all the same.

@@ -123,6 +123,27 @@ def test_five_fields_or_a_macro_make_a_schedule(make_app, cron, expected):
     assert only_job(app)["next_expected_at"] == expected  # the first slot after T0
 
 
+@pytest.mark.parametrize(
+    ("cron", "start", "expected", "interval"),
+    [
+        # A day field starting with '*' ands the two, as cron does: odd-dated Mondays (the
+        # 25th of May, then the 1st of June).
+        ("0 2 */2 * 1", "2026-05-11T02:00:00Z", "2026-05-25T02:00:00.000000Z", 7 * DAY),
+        # The next 1st on a Sunday, Tuesday, Thursday or Saturday: 1 August, then 1 September.
+        ("0 2 1 * */2", "2026-05-01T02:00:00Z", "2026-08-01T02:00:00.000000Z", 31 * DAY),
+        # Neither field starts with '*': either one, as cron does too.
+        ("0 2 1 * 1", "2026-05-01T02:00:00Z", "2026-05-04T02:00:00.000000Z", 7 * DAY),
+    ],
+)
+def test_cron_reads_its_two_day_fields_as_cron_does(make_app, cron, start, expected, interval):
+    """croniter's default matched '0 2 */2 * 1' on every odd day and every Monday; cron runs it
+    on Mondays with an odd date, so the job read late between its runs."""
+    app = make_app({"job_name": JOB[0], "cron": cron})
+    save(app, run_at((datetime.fromisoformat(start) - T0).total_seconds()))
+    job = only_job(app)
+    assert (job["next_expected_at"], job["expected_interval_seconds"]) == (expected, interval)
+
+
 def test_cron_in_a_time_zone(make_app):
     app = make_app({"job_name": JOB[0], "cron": "0 2 * * 1", "timezone": "Europe/Berlin"})
     save(app, run_at(-DAY))  # Thursday 2026-04-30 02:00 UTC
