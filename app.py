@@ -540,7 +540,16 @@ def authenticate() -> str | None:
     # For the refusal's log line: a loopback request refused only for a proxy's header (a
     # proxy on this host, TRUSTED_PROXY unset) or for its Host is a puzzle otherwise.
     g.proxied_loopback = loopback and any(name in request.headers for name in PROXY_HEADERS)
-    local = loopback and not g.proxied_loopback
+    # A page of another site (another app on this machine, or 127.0.0.2) could have the
+    # operator's browser load our pages as a prefetch or an image, and tell a 200 from a 404:
+    # whether a run or a job exists. Its links and forms still open our pages (navigations);
+    # its other requests are not this machine's own, and get no bypass.
+    g.embedded_elsewhere = (
+        loopback
+        and request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site")
+        and request.headers.get("Sec-Fetch-Mode") != "navigate"
+    )
+    local = loopback and not g.proxied_loopback and not g.embedded_elsewhere
     g.host_not_loopback = local and not _names_loopback(_requested_host())
     if local and not g.host_not_loopback:
         # Admitted, as the original admitted every local request; but an agent tested on
@@ -774,6 +783,8 @@ def register_hooks(app: Flask) -> None:
             why = ""
             if g.get("proxied_loopback"):
                 why = " (a proxy's header came with it: no localhost bypass; see TRUSTED_PROXY)"
+            elif g.get("embedded_elsewhere"):
+                why = " (a page of another site asked for it: no localhost bypass)"
             elif g.get("host_not_loopback"):
                 why = (
                     f" (Host {loggable_host()} names no loopback: no localhost bypass; see README)"

@@ -169,6 +169,35 @@ def test_a_local_request_refused_for_its_host_says_why_in_the_log(client, caplog
     assert "(Host a%20b names no loopback" in caplog.text
 
 
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+@pytest.mark.parametrize("mode", ["no-cors", "cors"])
+def test_another_site_s_page_gets_no_bypass_for_what_it_embeds(client, caplog, site, mode):
+    """A prefetch or an image from another local page told a 200 from a 404 through the
+    bypass (a reviewer showed it in Chromium): whether a run existed. Now both are a 401."""
+    caplog.set_level(logging.WARNING)
+    client.post(RUNS, json=make_run("exists"))
+    fetch = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode, "Sec-Fetch-Dest": "empty"}
+
+    answers = [client.get(f"{RUNS}/{run_id}", headers=fetch) for run_id in ("exists", "not")]
+
+    assert [answer.status_code for answer in answers] == [401, 401]
+    assert "(a page of another site asked for it: no localhost bypass)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fetch",
+    [
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},  # a link elsewhere
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},  # the dashboard's own
+        {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"},  # typed, or a bookmark
+    ],
+)
+def test_the_bypass_still_admits_navigations_and_the_dashboard_s_own_requests(client, fetch):
+    client.post(RUNS, json=make_run("exists"))
+
+    assert client.get(f"{RUNS}/exists", headers=fetch).status_code == 200
+
+
 def test_a_local_request_refused_for_a_proxy_s_header_says_why_in_the_log(client, caplog):
     """A proxy on this host without TRUSTED_PROXY set: every request it passed on was refused
     with 'no valid credentials', and nothing said the bypass was off for its header."""

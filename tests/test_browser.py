@@ -8,8 +8,10 @@ it is pointed at /usr/bin/chromium, which scripts/test.sh installs with apt.
 from __future__ import annotations
 
 import html
+import http.server
 import json
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -363,6 +365,52 @@ def test_a_job_of_the_jobs_file_that_never_reported_is_named_until_it_does(
     page.reload()
     expect(section).to_have_count(0)
     expect(page.locator("table.jobs tbody tr")).to_have_count(2)
+
+
+PROBING_PAGE = """<!doctype html><script>
+function probe(url) {
+  return new Promise((done) => {
+    const link = document.createElement("link");
+    link.rel = "prefetch";
+    link.href = url;
+    link.onload = () => done("load");
+    link.onerror = () => done("error");
+    document.head.append(link);
+  });
+}
+window.probed = Promise.all([probe("%s/run/exists"), probe("%s/run/missing")]);
+</script>"""
+
+
+def test_a_page_of_another_site_cannot_tell_which_runs_exist(live_server_factory, browser: Browser):
+    """Another site's page on this machine (here 127.0.0.2) prefetched /run/ID: through the
+    localhost bypass it saw 'load' for a run that exists and 'error' for one that does not."""
+    server = live_server_factory()
+    post_runs(server, [make_run("exists")])
+    page_bytes = (PROBING_PAGE % (server.url, server.url)).encode()
+
+    class ProbingPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_bytes)
+
+        def log_message(self, *args):
+            pass
+
+    other_site = http.server.ThreadingHTTPServer(("127.0.0.2", 0), ProbingPage)
+    threading.Thread(target=other_site.serve_forever, daemon=True).start()
+    page, _ = open_page(browser)  # its console has the refusals: not this test's concern
+    try:
+        page.goto(f"http://127.0.0.2:{other_site.server_address[1]}/")
+        exists, missing = page.evaluate("window.probed")
+    finally:
+        page.context.close()
+        other_site.shutdown()
+        other_site.server_close()
+
+    assert exists == missing == "error"
 
 
 def test_a_text_direction_control_in_stored_text_reorders_only_that_text(
