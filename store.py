@@ -347,6 +347,7 @@ class RunSummary:
 
 
 _NO_SIGNATURE = (None, None, None, None)  # a run not read from a file (yet): see save()
+SHOWN_ID_CHARS = 100  # of a wrong run_id a file holds, in its warning
 
 
 def summary_row(run: dict, run_id: str, signature: tuple) -> list:
@@ -356,7 +357,10 @@ def summary_row(run: dict, run_id: str, signature: tuple) -> list:
     building the row alone costs about half as much as a RunSummary and then its row.
     """
     if run.get("run_id") != run_id:
-        raise ValueError(f"holds run_id {run.get('run_id')!r}, not the one its name says")
+        # Cut short for the log line this ends in: a file may hold an id of megabytes.
+        held = repr(run.get("run_id"))
+        held = held if len(held) <= SHOWN_ID_CHARS else held[:SHOWN_ID_CHARS] + "…"
+        raise ValueError(f"holds run_id {held}, not the one its name says")
     for field in ("job_name", "agent_id"):
         if not isinstance(run.get(field), str) or not run[field].strip():
             raise ValueError(f"{field} is missing or not a string")

@@ -642,6 +642,18 @@ def test_file_holding_another_run_id_is_skipped(start_client, store_dir, caplog)
     assert client.get(f"{RUNS}/b").status_code == 404
 
 
+def test_a_wrong_run_id_in_a_file_is_cut_short_in_its_warning(start_client, store_dir, caplog):
+    """The warning quoted the id whole: a file holding one of megabytes wrote it all to the log."""
+    store_dir.mkdir()
+    drop_in(store_dir, "a.json", {**stored_run("a"), "run_id": "b" * 100_000})
+
+    start_client(WATCH_STORE=False)
+
+    (warning,) = warnings_about(caplog, "a.json")
+    assert f"holds run_id '{'b' * 99}…, not the one its name says" in warning
+    assert len(warning) < 300
+
+
 def test_file_names_the_store_would_not_write_are_ignored(start_client, store_dir):
     store_dir.mkdir()
     drop_in(store_dir, "a%2fb.json", stored_run("a/b"))  # lower-case escape: an alias of a%2Fb
