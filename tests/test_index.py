@@ -381,6 +381,25 @@ def test_readers_are_all_started_before_any_is_fed(store_dir, monkeypatch):
     assert len(store) == 6
 
 
+def test_readers_share_the_files_to_read_when_those_sit_together(store_dir, monkeypatch):
+    """The files a drop adds sit together in a listing: cut into blocks, one reader read all
+    of them while the other only compared stat signatures (rescan after an rsync: 1.5 s of
+    reading in one process, the other idle)."""
+    store = aged_store(store_dir, [run_record(f"r{n}", "db", "success", n, n) for n in range(10)])
+    monkeypatch.setattr(store_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    names = sorted(path.name for path in store_dir.glob("*.json"))
+    # The first five are new to the index (no signature): read. The rest are unchanged.
+    files = [
+        (name, name[: -len(".json")], None if n < 5 else store._runs[name[:-5]].signature)
+        for n, name in enumerate(names)
+    ]
+
+    found = [checked for _, checked in store_module._check_in_readers(str(store_dir), files, True)]
+
+    assert sorted(len(checked.rows) for checked in found) == [2, 3]
+    assert sorted(len(checked.kept) for checked in found) == [2, 3]
+
+
 def test_reader_processes_see_the_modules_the_server_sees(store_dir, tmp_path, monkeypatch, caplog):
     """Readers started isolated (-I) left out PYTHONPATH and the user's site-packages: a
     server that finds sortedcontainers there had every reader fail. Only the working folder
