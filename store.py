@@ -2251,8 +2251,8 @@ RECENT_DELETIONS_KEPT = 256  # for the dashboard's deletion notice (see deleted_
 HEALTH_HUNG_SECONDS = 10.0  # how long a /health waits for another's look at the folder
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
-# Events held for the watcher at most (about 150 bytes each); more, and it rescans instead.
-MAX_PENDING_EVENTS = 1_000_000
+# Events held for the watcher at most, as read (about a million); more, and it rescans instead.
+MAX_PENDING_BYTES = 48_000_000
 INOTIFY_EVENT_BYTES = 48  # struct inotify_event: 16 bytes, then the name, padded (rsync: 32)
 
 
@@ -2634,6 +2634,7 @@ class _Watcher:
             self._overflow = f.Q_OVERFLOW
             # What _take_events puts in place of events it has no room for.
             self._overflowed = inotify_simple.Event(wd=-1, mask=f.Q_OVERFLOW, cookie=0, name="")
+            self._parse_events = inotify_simple.parse_events
             # A run file closed after writing was written in place (cp, an editor): the API
             # only ever renames finished files in. Its stat may not show it: two writes of the
             # same size within one timestamp tick (a second, on some file systems) keep the
@@ -2662,7 +2663,9 @@ class _Watcher:
         # not leave them queued in the kernel, which holds 16,384 (fs.inotify.max_queued_events)
         # and then drops the rest. Each overflow cost a rescan of the whole folder, and under
         # an rsync of 50,000 files into 100,000 they came one after another, 2 to 3 s each.
-        self._pending: list = []
+        self._pending: list[bytes] = []  # events as read from the kernel, not yet parsed
+        self._pending_bytes = 0
+        self._pending_overflowed = False  # _pending ran full: events were dropped
         self._pending_lock = threading.Lock()
         self._events_came = threading.Event()
         self._threads = [threading.Thread(target=self._run, name="store-watcher", daemon=True)]
@@ -2724,27 +2727,45 @@ class _Watcher:
 
     def _take_events(self) -> None:
         """Wait up to a second for events, then BATCH_SECONDS for the rest of a burst, and
-        add them all to _pending; a full _pending becomes one overflow, as the kernel's does."""
+        add them all to _pending as read; a full _pending becomes one overflow, as the
+        kernel's does.
+
+        Read, not parsed: parsing takes the GIL for a few microseconds an event, and under a
+        burst, with the watcher filing runs, this thread waited for it so long between reads
+        that the kernel's queue overflowed all the same. The watcher parses (_take_pending).
+        """
         if not self._poller.poll(1000) or self._stop.wait(self.BATCH_SECONDS):
             return
-        events = self._inotify.read(timeout=0)
+        # Whole events only: read() returns as many as fit, and FIONREAD counts whole ones.
+        data = os.read(self._inotify.fileno(), max(self._queued_bytes(), 1))
         with self._pending_lock:
-            if len(self._pending) + len(events) > MAX_PENDING_EVENTS:
+            if self._pending_bytes + len(data) > MAX_PENDING_BYTES:
                 # The rescan that follows puts the index right, as after the kernel's overflow.
-                events = [self._overflowed]
                 self._pending.clear()
-            self._pending.extend(events)
+                self._pending_bytes = 0
+                self._pending_overflowed = True
+            else:
+                self._pending.append(data)
+                self._pending_bytes += len(data)
         self._events_came.set()
+
+    def _take_pending(self) -> list:
+        """Return the events taken from the kernel since the last call, parsed."""
+        with self._pending_lock:
+            chunks, self._pending, self._pending_bytes = self._pending, [], 0
+            overflowed, self._pending_overflowed = self._pending_overflowed, False
+            self._events_came.clear()
+        events = [self._overflowed] if overflowed else []
+        for chunk in chunks:
+            events += self._parse_events(chunk)
+        return events
 
     def _wait_for_events(self) -> list:
         """Return the events taken since the last call, waiting up to 250 ms for some, or
         none once stop() is called."""
         if not self._events_came.wait(0.25) or self._stop.is_set():
             return []
-        with self._pending_lock:
-            events, self._pending = self._pending, []
-            self._events_came.clear()
-        return events
+        return self._take_pending()
 
     def _folder_events_until_quiet(self) -> list:
         """After an overflow, wait for the burst to end; return the folder's own events.
@@ -2759,9 +2780,7 @@ class _Watcher:
         kept = []
         deadline = time.monotonic() + self.QUIET_MAX_SECONDS
         while time.monotonic() < deadline and not self._stop.wait(self.QUIET_WINDOW_SECONDS):
-            with self._pending_lock:
-                events, self._pending = self._pending, []
-                self._events_came.clear()
+            events = self._take_pending()
             kept += [event for event in events if event.mask & (self._folder_gone | self._overflow)]
             if len(events) < self.QUIET_EVENTS and self._queued_events() < self.QUIET_EVENTS:
                 break
@@ -2769,9 +2788,13 @@ class _Watcher:
 
     def _queued_events(self) -> int:
         """Return about how many events the kernel holds for us, not yet taken."""
+        return self._queued_bytes() // INOTIFY_EVENT_BYTES
+
+    def _queued_bytes(self) -> int:
+        """Return how many bytes of events the kernel holds for us, not yet taken."""
         queued = array("i", [0])
         fcntl.ioctl(self._inotify.fileno(), termios.FIONREAD, queued, True)
-        return queued[0] // INOTIFY_EVENT_BYTES
+        return queued[0]
 
     def _lose_folder(self) -> None:
         """Drop the watch of a folder that is no longer the one at the store's path."""

@@ -1279,7 +1279,7 @@ def test_a_watcher_stopped_while_it_waits_out_a_burst_does_not_rescan(store_dir,
     )
     monkeypatch.setattr(watcher, "QUIET_EVENTS", 0)  # the burst never ends
     with watcher._pending_lock:
-        watcher._pending.append(watcher._overflowed)
+        watcher._pending_overflowed = True
     watcher._events_came.set()
     time.sleep(0.5)  # the watcher waits for the burst to end
 
@@ -1293,12 +1293,39 @@ def test_events_past_the_limit_become_one_overflow(store_dir, monkeypatch):
     they are dropped for one overflow, and the rescan it brings covers them."""
     store = RunStore(store_dir, watch=False)
     watcher = _Watcher(store)  # not started: this test calls it by hand
-    monkeypatch.setattr(store_module, "MAX_PENDING_EVENTS", 3)
+    monkeypatch.setattr(store_module, "MAX_PENDING_BYTES", 100)
     try:
-        for name in ("a", "b", "c"):  # two events each: created, closed after writing
+        for name in ("a", "b", "c"):  # two events each, 32 bytes or more: created, closed
             (store_dir / f"{name}.json").write_text("{}")
         watcher._take_events()
-        assert watcher._pending == [watcher._overflowed]
+        assert watcher._take_pending() == [watcher._overflowed]
+    finally:
+        watcher.stop()
+
+
+def test_the_events_thread_reads_events_and_leaves_their_parsing_to_the_watcher(
+    store_dir, monkeypatch
+):
+    """Parsing takes the GIL a few microseconds an event: under an rsync of 50,000 files,
+    with the watcher filing runs, the events thread waited for the GIL so long between reads
+    that the kernel's queue of 16,384 overflowed anyway, and the whole folder was rescanned."""
+    store = RunStore(store_dir, watch=False)
+    watcher = _Watcher(store)  # not started: this test calls it by hand
+    parsed_by = []
+    real_parse = watcher._parse_events
+    monkeypatch.setattr(
+        watcher,
+        "_parse_events",
+        lambda data: parsed_by.append(threading.current_thread().name) or real_parse(data),
+    )
+    try:
+        (store_dir / "a.json").write_text("{}")
+        taking = threading.Thread(target=watcher._take_events, name="store-events")
+        taking.start()
+        taking.join()
+        assert parsed_by == []
+        assert [event.name for event in watcher._take_pending()] == ["a.json", "a.json"]
+        assert parsed_by == [threading.current_thread().name]
     finally:
         watcher.stop()
 
