@@ -2736,8 +2736,11 @@ class _Watcher:
         """
         if not self._poller.poll(1000) or self._stop.wait(self.BATCH_SECONDS):
             return
+        queued = self._queued_bytes()
+        if not queued:
+            return  # woken by stop(), say: a read now would wait, and one byte fits no event
         # Whole events only: read() returns as many as fit, and FIONREAD counts whole ones.
-        data = os.read(self._inotify.fileno(), max(self._queued_bytes(), 1))
+        data = os.read(self._inotify.fileno(), queued)
         with self._pending_lock:
             if self._pending_bytes + len(data) > MAX_PENDING_BYTES:
                 # The rescan that follows puts the index right, as after the kernel's overflow.

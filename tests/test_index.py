@@ -1303,6 +1303,22 @@ def test_events_past_the_limit_become_one_overflow(store_dir, monkeypatch):
         watcher.stop()
 
 
+def test_the_events_thread_woken_with_no_event_queued_reads_nothing(store_dir):
+    """Woken by its pipe with the kernel's queue empty, a read of the queue would wait for an
+    event, and a one-byte read fails (EINVAL) on the first that comes."""
+    store = RunStore(store_dir, watch=False)
+    watcher = _Watcher(store)  # not started: this test calls it by hand
+    try:
+        os.write(watcher._wake_write, b"x")
+        taking = threading.Thread(target=watcher._take_events, daemon=True)
+        taking.start()
+        taking.join(2)
+        assert not taking.is_alive()
+        assert watcher._take_pending() == []
+    finally:
+        watcher.stop()
+
+
 def test_the_events_thread_reads_events_and_leaves_their_parsing_to_the_watcher(
     store_dir, monkeypatch
 ):
