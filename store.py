@@ -2252,6 +2252,8 @@ HEALTH_HUNG_SECONDS = 10.0  # how long a /health waits for another's look at the
 POSTINGS_BUILD_DELAY = 2.0  # seconds after start
 SNAPSHOT_SECONDS = 300
 # Events held for the watcher at most, as read (about a million); more, and it rescans instead.
+# One read larger than this (a kernel queue raised past 170,000 events of long names) is always
+# an overflow.
 MAX_PENDING_BYTES = 48_000_000
 INOTIFY_EVENT_BYTES = 48  # struct inotify_event: 16 bytes, then the name, padded (rsync: 32)
 
@@ -2738,7 +2740,9 @@ class _Watcher:
             return
         queued = self._queued_bytes()
         if not queued:
-            return  # woken by stop(), say: a read now would wait, and one byte fits no event
+            # A guard: only stop() writes the wake pipe, and its flag returns above first. A
+            # read of nothing queued would wait, and one byte fits no event.
+            return
         # Whole events only: read() returns as many as fit, and FIONREAD counts whole ones.
         data = os.read(self._inotify.fileno(), queued)
         with self._pending_lock:
