@@ -1178,8 +1178,10 @@ class RunStore:
         name = file_name_for(run_id)
         summary = RunSummary(run, run_id, None)  # checks the fields the index needs first
         self._refuse_if_unmounted()
-        # One line per file: `grep failure store/*.json` then shows whole records.
-        data = (json.dumps(run, ensure_ascii=False) + "\n").encode("utf-8")
+        # One line per file: `grep failure store/*.json` then shows whole records. Compact, as
+        # the original's JSON.stringify wrote it: GET serves these bytes, and a script for the
+        # original may grep them for '"status":"failure"'.
+        data = (json.dumps(run, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         if len(data) > MAX_RUN_FILE_BYTES:  # it would be skipped when read back
             raise RunTooLarge(
                 f"body: the run would take {len(data)} bytes on disk, and a run file holds at "

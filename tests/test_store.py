@@ -948,10 +948,25 @@ def test_a_run_too_large_to_read_back_is_refused_not_written(start_client, store
     assert sorted(os.listdir(store_dir)) == ["small.json"]
 
 
+def test_a_run_is_stored_as_compact_json_on_one_line(start_client, store_dir):
+    """As the original's JSON.stringify wrote it: GET serves the file's bytes, and a script
+    for the original may grep them for '"status":"failure"' (they were '"status": "failure"')."""
+    client = start_client(WATCH_STORE=False)
+    client.post(RUNS, json=make_run("compact", status="failure"))
+
+    stored = (store_dir / "compact.json").read_bytes()
+    served = client.get(f"{RUNS}/compact").get_data()
+    listed = client.get(RUNS).get_data()
+
+    assert stored.count(b"\n") == 1 and stored.endswith(b"\n")
+    assert b'"status":"failure"' in stored and b'": ' not in stored and b", " not in stored
+    assert b'"status":"failure"' in served and b'"status":"failure"' in listed
+
+
 def test_a_run_of_exactly_the_largest_size_is_written_and_read_back(store_dir, monkeypatch):
     """MAX_RUN_FILE_BYTES is the largest run file, not one byte past it, both ways."""
     edge = stored_run("edge", error="x" * 100)
-    size = len((json.dumps(edge, ensure_ascii=False) + "\n").encode())
+    size = len((json.dumps(edge, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
     monkeypatch.setattr(store_module, "MAX_RUN_FILE_BYTES", size)
     store_module.RunStore(store_dir, watch=False).save(edge)
     assert (store_dir / "edge.json").stat().st_size == size
