@@ -320,13 +320,20 @@ def request_now() -> datetime:
     return g.ui_now
 
 
+# The text-direction characters schema.json refuses in a report; a file copied in may hold them.
+DIRECTION_CONTROLS = dict.fromkeys(
+    map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+)
+
+
 def isolated(text: str) -> str:
     """Wrap text in a first-strong isolate (U+2068 ... U+2069), for a page's title.
 
     CSS isolates stored text on the page, but a title is plain text: a U+202E in a job name
-    copied into the store reversed ' on db-01 · Backup Registry' after it in the tab.
+    copied into the store reversed ' on db-01 · Backup Registry' after it in the tab. The
+    text's own direction controls are dropped first: a U+2069 among them ended the isolate.
     """
-    return f"\u2068{text}\u2069"
+    return f"\u2068{text.translate(DIRECTION_CONTROLS)}\u2069"
 
 
 TEMPLATE_GLOBALS = (

@@ -7,8 +7,10 @@ async function deleteRun(button) {
   const status = document.getElementById("delete-status");
   const runId = button.dataset.runId;
   // Isolated (U+2068 ... U+2069): a dialog's plain text has no CSS to keep a U+202E in the id
-  // from reversing the words after it.
-  if (!window.confirm(`Delete run “\u2068${runId}\u2069”?\n\nIts file is removed from the store. This cannot be undone.`)) {
+  // from reversing the words after it. The id's own direction controls go first, as in
+  // ui.isolated: a U+2069 among them would end the isolate.
+  const shown = runId.replace(/[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "");
+  if (!window.confirm(`Delete run “\u2068${shown}\u2069”?\n\nIts file is removed from the store. This cannot be undone.`)) {
     return;
   }
   button.disabled = true;

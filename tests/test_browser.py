@@ -449,20 +449,21 @@ def test_a_direction_control_in_stored_text_is_isolated_in_titles_and_the_dialog
     live_server_factory, page: Page, tmp_path: Path
 ):
     """A title or a dialog is plain text, out of CSS's reach: U+202E in a job name reversed
-    ' on db-01 · Backup Registry' after it in the browser's tab."""
-    write_runs(tmp_path / "store", [make_run("\u202er2", job_name="\u202epostgres")])
+    ' on db-01 · Backup Registry' after it in the browser's tab. A U+2069 before it closed the
+    isolate around it early, so the text's own direction controls are dropped."""
+    write_runs(tmp_path / "store", [make_run("\u2069\u202er2", job_name="\u2069\u202epostgres")])
     server = live_server_factory(store_dir=tmp_path / "store")
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
 
-    page.goto(server.url + "/job?job_name=%E2%80%AEpostgres&agent_id=db-01")
-    assert page.title() == "\u2068\u202epostgres\u2069 on \u2068db-01\u2069 · Backup Registry"
-    page.goto(server.url + "/run/%E2%80%AEr2")
-    assert page.title() == "Run \u2068\u202er2\u2069 · Backup Registry"
+    page.goto(server.url + "/job?job_name=%E2%81%A9%E2%80%AEpostgres&agent_id=db-01")
+    assert page.title() == "\u2068postgres\u2069 on \u2068db-01\u2069 · Backup Registry"
+    page.goto(server.url + "/run/%E2%81%A9%E2%80%AEr2")
+    assert page.title() == "Run \u2068r2\u2069 · Backup Registry"
     page.get_by_role("button", name="Delete").click()
 
     expect(page.locator("#delete-status")).to_have_text("")
-    assert dialogs and dialogs[0].startswith("Delete run “\u2068\u202er2\u2069”?")
+    assert dialogs and dialogs[0].startswith("Delete run “\u2068r2\u2069”?")
 
 
 def test_a_direction_control_in_a_stored_link_leaves_the_note_after_it_alone(
