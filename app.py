@@ -542,12 +542,16 @@ def authenticate() -> str | None:
     g.proxied_loopback = loopback and any(name in request.headers for name in PROXY_HEADERS)
     # A page of another site (another app on this machine, or 127.0.0.2) could have the
     # operator's browser load our pages as a prefetch or an image, and tell a 200 from a 404:
-    # whether a run or a job exists. Its links and forms still open our pages (navigations);
-    # its other requests are not this machine's own, and get no bypass.
+    # whether a run or a job exists. Its links and forms still open our pages (navigations
+    # of a whole document); its other requests, frames included, are not this machine's own,
+    # and get no bypass.
     g.embedded_elsewhere = (
         loopback
         and request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site")
-        and request.headers.get("Sec-Fetch-Mode") != "navigate"
+        and (
+            request.headers.get("Sec-Fetch-Mode") != "navigate"
+            or request.headers.get("Sec-Fetch-Dest") != "document"
+        )
     )
     local = loopback and not g.proxied_loopback and not g.embedded_elsewhere
     g.host_not_loopback = local and not _names_loopback(_requested_host())
