@@ -262,7 +262,9 @@ def parse_json_body(raw: bytes) -> object:
         # that appends an override ('..., "status": "failure"}') must keep working.
         data = loads_strict(text)
     except RecursionError:
-        raise ApiError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        # Past what the parser can follow, in any field: unknown ones, which are dropped and
+        # may nest deeper than MAX_JSON_DEPTH, included.
+        raise ApiError("body: JSON nested too deeply to read") from None
     except json.JSONDecodeError as exc:
         # Python's own "Invalid control character at" already ends in "at".
         raise ApiError(
@@ -380,7 +382,7 @@ class RunValidator:
         """Return the report with only known fields, or raise ApiError naming every problem."""
         if not isinstance(data, dict):
             raise ApiError("body: must be a JSON object")
-        # Unknown fields are dropped unread, whatever they hold, as the original dropped them;
+        # Unknown fields are dropped unchecked (they need only parse), as the original did;
         # received_at is the server's to set: a client's value is replaced, never judged.
         data = {
             key: value for key, value in data.items() if key in self.fields and key != "received_at"

@@ -497,6 +497,14 @@ def test_a_key_given_twice_keeps_its_last_value_as_the_original_did(client, stor
     assert on_disk.count('"status"') == 1 and json.loads(on_disk)["status"] == "success"
 
 
+def test_nesting_past_what_the_parser_follows_is_refused_without_a_wrong_limit(client):
+    """An unknown field may nest past 32 levels (it is dropped); one nested past what the
+    parser follows was refused as 'nested deeper than 32 levels', which said a wrong limit."""
+    body = json.dumps(make_run()).encode()[:-1] + b', "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+    assert_error(post(client, body), 400, "body: JSON nested too deeply to read")
+
+
 def test_nesting_is_refused_from_the_33rd_level_on(client):
     """Pins MAX_JSON_DEPTH for objects: 32 levels in all are fine, 33 are refused."""
     fits = post(client, make_run("fits", metadata=deep_metadata(31)))  # body + 31 = 32 levels
