@@ -1178,7 +1178,7 @@ class RunStore:
         name = file_name_for(run_id)
         summary = RunSummary(run, run_id, None)  # checks the fields the index needs first
         self._refuse_if_unmounted()
-        # One line per file: `grep failure store/*.json` then shows whole records. Compact, as
+        # One line per file: `grep -r failure store` then shows whole records. Compact, as
         # the original's JSON.stringify wrote it: GET serves these bytes, and a script for the
         # original may grep them for '"status":"failure"'.
         data = (json.dumps(run, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
